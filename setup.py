@@ -1,0 +1,48 @@
+"""Packaging for vgg16-beam: also what `--setup_file` ships to remote Beam workers."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "vgg" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="vgg16-beam",
+    version=VERSION,
+    description="Batch-label and embed image collections with VGG16 on Apache Beam",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vgg", "vgg.*", "pipeline", "pipeline.*"]),
+    package_data={"vgg": ["data/*.json"], "pipeline": ["*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        "tensorflow>=2.16,<2.22",  # Keras 3; the Linux wheel runs on CUDA GPUs with the 'gpu' extra
+        "keras>=3.3",
+        "apache-beam>=2.60,<3",
+        "numpy>=1.26",
+        "pillow>=10.3",
+        "pyarrow>=14",
+        "h5py>=3.10",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        "gcp": ["apache-beam[gcp]>=2.60,<3"],
+        "aws": ["apache-beam[aws]>=2.60,<3"],
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+            "apache-beam[aws]>=2.60,<3",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "vgg-predict=vgg.predict:main",
+            "vgg-weights=vgg.weights:main",
+        ]
+    },
+)

@@ -1,0 +1,100 @@
+"""Architecture of vgg.model: parameter count, layer names and every layer's output shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def model():
+    from vgg.model import build_vgg16
+
+    return build_vgg16()
+
+
+def test_parameter_count(model):
+    # Convs: sum of 3*3*in*out + out over the 13 layers = 14,714,688.
+    # fc6: 25088*4096 + 4096 = 102,764,544; fc7: 4096*4096 + 4096 = 16,781,312;
+    # fc8: 4096*1000 + 1000 = 4,097,000. Total 138,357,544, as in Simonyan & Zisserman.
+    assert model.count_params() == 138_357_544
+
+
+def test_layer_output_shapes(model):
+    expected = {
+        "preprocess": (224, 224, 3),
+        "conv1_1": (224, 224, 64), "conv1_2": (224, 224, 64), "pool1": (112, 112, 64),
+        "conv2_1": (112, 112, 128), "conv2_2": (112, 112, 128), "pool2": (56, 56, 128),
+        "conv3_1": (56, 56, 256), "conv3_2": (56, 56, 256), "conv3_3": (56, 56, 256),
+        "pool3": (28, 28, 256),
+        "conv4_1": (28, 28, 512), "conv4_2": (28, 28, 512), "conv4_3": (28, 28, 512),
+        "pool4": (14, 14, 512),
+        "conv5_1": (14, 14, 512), "conv5_2": (14, 14, 512), "conv5_3": (14, 14, 512),
+        "pool5": (7, 7, 512),
+        "flatten": (25088,), "fc6": (4096,), "fc7": (4096,), "fc8": (1000,), "prob": (1000,),
+    }  # fmt: skip
+    for name, shape in expected.items():
+        assert tuple(model.get_layer(name).output.shape) == (None, *shape), name
+    assert model.input.dtype == "uint8"
+    assert {k: tuple(v.shape) for k, v in model.output.items()} == {
+        "probs": (None, 1000),
+        "fc7": (None, 4096),
+    }
+
+
+def test_weight_shapes_match_the_architecture(model):
+    from vgg.architecture import LAYER_NAMES, WEIGHT_SHAPES
+
+    for name in LAYER_NAMES:
+        kernel, bias = model.get_layer(name).get_weights()
+        assert (kernel.shape, bias.shape) == WEIGHT_SHAPES[name]
+
+
+def test_mean_is_subtracted_in_rgb_order():
+    from vgg.model import Preprocess
+
+    out = Preprocess()(np.full((1, 2, 2, 3), 200, np.uint8))
+    want = [200 - 123.68, 200 - 116.779, 200 - 103.939]
+    np.testing.assert_allclose(np.asarray(out)[0, 0, 0], want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"precision": "int8"},
+            "precision must be one of ('float32', 'bfloat16', 'float16'). Received: precision='int8'",
+        ),
+        (
+            {"input_dtype": "int32"},
+            "input_dtype must be one of ('uint8', 'float32'). Received: input_dtype='int32'",
+        ),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    from vgg.model import build_vgg16
+
+    with pytest.raises(ValueError) as error:
+        build_vgg16(**kwargs)
+    assert str(error.value) == message
+
+
+def test_bfloat16_keeps_float32_outputs():
+    from vgg.model import build_vgg16
+
+    model = build_vgg16(precision="bfloat16")
+    assert model.get_layer("conv1_1").compute_dtype == "bfloat16"
+    assert model.get_layer("conv1_1").kernel.dtype == "float32"
+    assert {v.dtype for v in model.output.values()} == {"float32"}
+
+
+def test_float32_input_model_agrees_with_uint8(predictor, photo_batch, synth):
+    from vgg.model import build_vgg16
+    from vgg.weights import apply_weights
+
+    float_model = build_vgg16(input_dtype="float32")
+    apply_weights(float_model, synth)
+    out = float_model.predict(photo_batch[:2].astype(np.float32), verbose=0)
+    probs, fc7 = predictor(photo_batch[:2])
+    np.testing.assert_allclose(out["probs"], probs, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(out["fc7"], fc7, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,136 @@
+"""A loaded VGG16 ready to run batches: device set-up, one traced graph, out-of-memory back-off."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from vgg.architecture import IMAGE_SIZE
+from vgg.model import build_vgg16
+from vgg.weights import WeightsInfo, load_weights
+
+log = logging.getLogger(__name__)
+
+_configured = False
+_configure_lock = threading.Lock()
+
+
+def configure_devices() -> str:
+    """Turns on GPU memory growth (before TF touches a GPU) and says what the model runs on.
+
+    Growth matters because TF otherwise takes the whole GPU for the first model; with
+    several SDK processes per VM that would starve all but one. Returns a description.
+    """
+    global _configured
+    with _configure_lock:
+        gpus = tf.config.list_physical_devices("GPU")
+        if not _configured:
+            for gpu in gpus:
+                try:
+                    tf.config.experimental.set_memory_growth(gpu, True)
+                except RuntimeError:  # already initialised by someone else: keep going
+                    pass
+            _configured = True
+        if not gpus:
+            return "CPU (no GPU visible to TensorFlow)"
+        memory = _gpu_memory_mib()
+        parts = []
+        for index, gpu in enumerate(gpus):
+            name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
+            total = f", {memory[index]} MiB" if index < len(memory) else ""
+            parts.append(f"{gpu.name} ({name}{total})")
+        return "GPU: " + "; ".join(parts)
+
+
+def _gpu_memory_mib() -> list[int]:
+    """Total memory per GPU from nvidia-smi; TensorFlow itself does not report it."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+        return [int(line) for line in out.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return []
+
+
+class Predictor:
+    """VGG16 with weights loaded, mapping uint8 RGB batches to (probs, fc7).
+
+    Thread-safe: one instance per process serves every thread (TensorFlow runs
+    concurrent calls of one graph safely), so a worker holds one copy of the weights.
+
+    Args:
+      weights: a weights source for `vgg.weights.load_weights` (path or "imagenet").
+      precision: "float32" (default), "bfloat16" or "float16".
+      sha256: optional expected sha256 of the weights file.
+      jit: compile with XLA.
+      max_batch_size: largest batch sent to the device at once; halved and remembered
+        whenever the device runs out of memory.
+    """
+
+    def __init__(
+        self,
+        weights: str,
+        *,
+        precision: str = "float32",
+        sha256: str | None = None,
+        jit: bool = False,
+        max_batch_size: int | None = None,
+    ):
+        self.device = configure_devices()
+        self.precision = precision
+        self.model = build_vgg16(precision=precision)
+        self.weights: WeightsInfo = load_weights(self.model, weights, sha256=sha256)
+        self.max_batch_size = max_batch_size
+        self._forward = tf.function(
+            lambda images: self.model(images, training=False),
+            input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)],
+            jit_compile=jit,
+        )
+        log.info(
+            "VGG16 ready on %s: weights %s (sha256 %s%s), precision %s",
+            self.device,
+            self.weights.name,
+            self.weights.sha256[:12],
+            ", UNTRAINED" if self.weights.untrained else "",
+            precision,
+        )
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Runs a (N, 224, 224, 3) uint8 batch; returns float32 (N, 1000) and (N, 4096)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(
+                f"images must have shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3). "
+                f"Received: shape={images.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 RGB (vgg.preprocess gives that). Received: dtype={images.dtype}"
+            )
+        probs, fc7, start = [], [], 0
+        while start < len(images):
+            size = len(images) - start
+            if self.max_batch_size:
+                size = min(size, self.max_batch_size)
+            try:
+                out = self._forward(images[start : start + size])
+            except tf.errors.ResourceExhaustedError:
+                if size == 1:
+                    raise
+                self.max_batch_size = max(1, size // 2)
+                log.warning(
+                    "out of device memory at batch %d; capping batches at %d", size, self.max_batch_size
+                )
+                continue
+            probs.append(out["probs"].numpy())
+            fc7.append(out["fc7"].numpy())
+            start += size
+        if not probs:
+            return np.zeros((0, 1000), np.float32), np.zeros((0, 4096), np.float32)
+        return np.concatenate(probs), np.concatenate(fc7)

@@ -1,0 +1,303 @@
+"""Readers and writers for the two VGG16 weight files users have: the seed's npz and Keras' h5.
+
+Both map to one in-memory form, `Weights`: our layer name -> (kernel, bias) as float32,
+with conv1_1 taking RGB input. The npz is already RGB; Keras' h5 expects BGR input
+("caffe" preprocessing), so its conv1_1 kernel has its input-channel axis reversed on
+the way in and out. Everything is read as plain arrays: never pickles, never model code.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import h5py
+import numpy as np
+
+from vgg.architecture import LAYER_NAMES, WEIGHT_SHAPES
+
+Weights = dict[str, tuple[np.ndarray, np.ndarray]]
+
+NPZ_MAGIC = b"PK\x03\x04"
+H5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+# Keras applications' layer names for the same network, in order.
+KERAS_NAMES: dict[str, str] = {
+    **{
+        f"block{b}_conv{c}": f"conv{b}_{c}"
+        for b, convs in enumerate((2, 2, 3, 3, 3), start=1)
+        for c in range(1, convs + 1)
+    },
+    "fc1": "fc6",
+    "fc2": "fc7",
+    "predictions": "fc8",
+}
+OUR_TO_KERAS = {ours: keras for keras, ours in KERAS_NAMES.items()}
+# The full layer list of keras.applications.VGG16, as the genuine file records it.
+KERAS_LAYER_ORDER: tuple[str, ...] = (
+    "input_1",
+    "block1_conv1", "block1_conv2", "block1_pool",
+    "block2_conv1", "block2_conv2", "block2_pool",
+    "block3_conv1", "block3_conv2", "block3_conv3", "block3_pool",
+    "block4_conv1", "block4_conv2", "block4_conv3", "block4_pool",
+    "block5_conv1", "block5_conv2", "block5_conv3", "block5_pool",
+    "flatten", "fc1", "fc2", "predictions",
+)  # fmt: skip
+H5_NAMINGS = ("keras1", "keras2", "keras3")
+# Synthesized files carry this marker (an npz key / an h5 root attribute) so that every
+# later use of them can say the labels are meaningless.
+UNTRAINED_MARK = "untrained"
+
+
+class WeightsError(ValueError):
+    """A weights file that cannot be used; the message names the file and the problem."""
+
+
+def swap_rgb_bgr(kernel: np.ndarray) -> np.ndarray:
+    """Reverses the input-channel axis of conv1_1's HWIO kernel (RGB <-> BGR)."""
+    return np.ascontiguousarray(kernel[:, :, ::-1, :])
+
+
+# ---------------------------------------------------------------------------- npz
+
+
+def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Key -> (shape, dtype) of every array in an npz, read from headers only (no data)."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                key = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                headers[key] = (tuple(shape), dtype)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise WeightsError(f"{name}: not a readable npz file ({error}).") from error
+    return headers
+
+
+def read_npz(source: str | BinaryIO, name: str) -> Weights:
+    """Reads the seed's `vgg16_weights.npz` (keys conv1_1_W ... fc8_b, RGB input)."""
+    headers = npz_headers(source, name)
+    headers.pop(UNTRAINED_MARK, None)
+    expected = {f"{layer}_{part}" for layer in LAYER_NAMES for part in "Wb"}
+    _check_keys(name, set(headers), expected, "key")
+    for key, (_, dtype) in headers.items():
+        if dtype.hasobject:
+            raise WeightsError(
+                f"{name}: array {key!r} is an object array, which only pickle can load; "
+                "weights are read as plain numbers only, never unpickled."
+            )
+    if not isinstance(source, str):
+        source.seek(0)
+    weights: Weights = {}
+    try:
+        with np.load(source, allow_pickle=False) as archive:
+            for layer in LAYER_NAMES:
+                weights[layer] = (archive[f"{layer}_W"], archive[f"{layer}_b"])
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise WeightsError(f"{name}: npz data could not be read ({error}).") from error
+    return check_weights(weights, name, key_format="{layer}_{part}")
+
+
+def write_npz(weights: Weights, target: str | BinaryIO) -> None:
+    """Writes the seed's npz layout (uncompressed, as the original file is)."""
+    arrays = {}
+    for layer in LAYER_NAMES:
+        kernel, bias = weights[layer]
+        arrays[f"{layer}_W"], arrays[f"{layer}_b"] = kernel, bias
+    if isinstance(target, str):
+        with open(target, "wb") as handle:  # np.savez would append ".npz" to a bare name
+            np.savez(handle, **arrays)
+    else:
+        np.savez(target, **arrays)
+
+
+# ----------------------------------------------------------------------------- h5
+
+
+def _attribute_list(group: h5py.Group, attr: str) -> list[str]:
+    """Reads a list attribute the way Keras' legacy loader does, chunked attributes included."""
+    if attr in group.attrs:
+        values = list(group.attrs[attr])
+    else:
+        values, chunk = [], 0
+        while f"{attr}{chunk}" in group.attrs:
+            values.extend(group.attrs[f"{attr}{chunk}"])
+            chunk += 1
+    return [v.decode("utf8") if hasattr(v, "decode") else str(v) for v in values]
+
+
+def _h5_arrays(root: h5py.File, name: str) -> Iterator[tuple[str, list[h5py.Dataset]]]:
+    """Yields (Keras layer name, datasets in saved order) for each layer that has weights."""
+    if "layer_names" not in root.attrs and "model_weights" in root:
+        config = root.attrs.get("model_config", b"")
+        config = config.decode("utf8") if hasattr(config, "decode") else str(config)
+        if '"Lambda"' in config or "'Lambda'" in config:
+            raise WeightsError(
+                f"{name}: holds a whole Keras model with Lambda layers (Python code). "
+                "Only weight arrays are ever read; save a weights-only file instead "
+                "(model.save_weights) or pass the npz."
+            )
+        root = root["model_weights"]
+    if "layer_names" in root.attrs or any(a.startswith("layer_names") for a in root.attrs):
+        # Keras 1/2 and Keras 3's legacy format: ordered names in attributes.
+        for layer in _attribute_list(root, "layer_names"):
+            if layer not in root:
+                raise WeightsError(f"{name}: layer {layer!r} is listed but has no group.")
+            group = root[layer]
+            weight_names = _attribute_list(group, "weight_names")
+            try:
+                datasets = [group[w] for w in weight_names]
+            except KeyError as error:
+                raise WeightsError(
+                    f"{name}: layer {layer!r} lacks a listed weight ({error})."
+                ) from error
+            if datasets:
+                yield layer, datasets
+    else:
+        hint = (
+            " It looks like a Keras 3 '.weights.h5', which keys layers by creation order "
+            "(conv2d_7), not by name; save with the legacy layout or pass the npz."
+            if "layers" in root
+            else ""
+        )
+        raise WeightsError(
+            f"{name}: an HDF5 file but not Keras weights (no 'layer_names' attribute).{hint}"
+        )
+
+
+def read_h5(source: str | BinaryIO, name: str) -> Weights:
+    """Reads Keras' VGG16 weights (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`, BGR input).
+
+    Follows Keras' legacy loader: `layer_names` and each layer's `weight_names`
+    attributes, in order, so files written by Keras 1/2 (`block1_conv1_W_1:0`) and by
+    Keras 3's legacy writer (`block1_conv1/kernel`) both load.
+    """
+    try:
+        with h5py.File(source, "r") as root:
+            found = {}
+            for keras_layer, datasets in _h5_arrays(root, name):
+                if keras_layer not in KERAS_NAMES:
+                    found[keras_layer] = None  # reported as unexpected below
+                    continue
+                if len(datasets) != 2:
+                    raise WeightsError(
+                        f"{name}: layer {keras_layer!r} has {len(datasets)} weights; "
+                        "expected 2 (kernel, bias)."
+                    )
+                for dataset in datasets:
+                    if dataset.dtype.kind not in "fiu":
+                        raise WeightsError(
+                            f"{name}: {dataset.name} has dtype {dataset.dtype}; expected numbers."
+                        )
+                found[keras_layer] = (dataset_value(datasets[0]), dataset_value(datasets[1]))
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
+    _check_keys(name, set(found), set(KERAS_NAMES), "layer")
+    weights = {KERAS_NAMES[layer]: arrays for layer, arrays in found.items()}
+    weights = check_weights(weights, name, key_format="{keras}")
+    kernel, bias = weights["conv1_1"]
+    weights["conv1_1"] = (swap_rgb_bgr(kernel), bias)
+    return weights
+
+
+def dataset_value(dataset: h5py.Dataset) -> np.ndarray:
+    return np.asarray(dataset[()])
+
+
+def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2") -> None:
+    """Writes Keras' legacy weights layout (what `load_weights(..h5)` and Keras' VGG16 read).
+
+    naming picks the weight names: "keras1" (`block1_conv1_W_1:0`, as the genuine
+    file), "keras2" (`block1_conv1/kernel:0`) or "keras3" (`block1_conv1/kernel`).
+    """
+    if naming not in H5_NAMINGS:
+        raise ValueError(f"naming must be one of {H5_NAMINGS}. Received: naming={naming!r}")
+    versions = {"keras1": "1.2.2", "keras2": "2.2.4", "keras3": "3.0.0"}
+    with h5py.File(target, "w") as root:
+        root.attrs["layer_names"] = [n.encode("utf8") for n in KERAS_LAYER_ORDER]
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = versions[naming].encode("utf8")
+        for keras_layer in KERAS_LAYER_ORDER:
+            group = root.create_group(keras_layer)
+            ours = KERAS_NAMES.get(keras_layer)
+            if ours is None:
+                group.attrs["weight_names"] = np.array([], dtype="S1")
+                continue
+            kernel, bias = weights[ours]
+            if ours == "conv1_1":
+                kernel = swap_rgb_bgr(kernel)
+            if naming == "keras1":
+                names = [f"{keras_layer}_W_1:0", f"{keras_layer}_b_1:0"]
+            elif naming == "keras2":
+                names = [f"{keras_layer}/kernel:0", f"{keras_layer}/bias:0"]
+            else:
+                names = [f"{keras_layer}/kernel", f"{keras_layer}/bias"]
+            group.attrs["weight_names"] = [n.encode("utf8") for n in names]
+            for weight_name, value in zip(names, (kernel, bias)):
+                group.create_dataset(weight_name, data=value)
+
+
+def h5_shapes(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Our layer name -> (kernel shape, bias shape) of an h5, without reading the data."""
+    try:
+        with h5py.File(source, "r") as root:
+            return {
+                KERAS_NAMES.get(layer, layer): tuple(tuple(d.shape) for d in datasets)
+                for layer, datasets in _h5_arrays(root, name)
+            }
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
+
+
+# ------------------------------------------------------------------------- checks
+
+
+def _check_keys(name: str, found: set[str], expected: set[str], what: str) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing:
+        hint = " (a no-top file? labelling needs fc6-fc8)" if "fc1" in missing or "fc6_W" in missing else ""
+        raise WeightsError(f"{name}: missing {what}(s) {missing}{hint}.")
+    if unexpected:
+        raise WeightsError(f"{name}: unexpected {what}(s) {unexpected}; not VGG16 weights?")
+
+
+def check_weights(weights: Weights, name: str, *, key_format: str = "{layer}") -> Weights:
+    """Checks every layer is present with its exact shapes; returns float32 C-contiguous copies."""
+    checked: Weights = {}
+    for layer in LAYER_NAMES:
+        if layer not in weights:
+            raise WeightsError(f"{name}: missing layer {layer!r}.")
+        arrays = []
+        for part, given, shape in zip("Wb", weights[layer], WEIGHT_SHAPES[layer]):
+            key = key_format.format(layer=layer, part=part, keras=OUR_TO_KERAS[layer])
+            value = np.asarray(given)
+            if value.shape != shape:
+                raise WeightsError(
+                    f"{name}: {key} ({'kernel' if part == 'W' else 'bias'}) has shape "
+                    f"{value.shape}; expected {shape}."
+                )
+            if value.dtype.kind not in "fiu":
+                raise WeightsError(f"{name}: {key} has dtype {value.dtype}; expected numbers.")
+            arrays.append(np.ascontiguousarray(value, dtype=np.float32))
+        checked[layer] = (arrays[0], arrays[1])
+    return checked
+
+
+def sniff_format(head: bytes) -> str | None:
+    """'npz', 'h5' or None from a file's first bytes."""
+    if head.startswith(NPZ_MAGIC):
+        return "npz"
+    if head.startswith(H5_MAGIC):
+        return "h5"
+    return None

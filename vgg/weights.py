@@ -1,0 +1,305 @@
+"""One entry point for VGG16 weights: read any supported file, check it, load it, synthesize, convert.
+
+Sources: a local path to the seed's npz or to Keras' h5 (the format is sniffed from the
+file's first bytes, not its name), or "imagenet" for Keras' hash-checked download of the
+genuine weights. Synthesized weights are random: deterministic, in the real layouts, and
+never trained, so the labels they give are meaningless.
+
+    python -m vgg.weights synth --format npz --seed 0 --out /tmp/vgg16_untrained.npz
+    python -m vgg.weights convert vgg16_weights.npz vgg16_weights.h5
+    python -m vgg.weights inspect vgg16_weights_tf_dim_ordering_tf_kernels.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+
+import numpy as np
+
+from vgg.architecture import LAYER_NAMES, WEIGHT_SHAPES
+from vgg.weight_formats import (
+    H5_NAMINGS,
+    UNTRAINED_MARK,
+    Weights,
+    WeightsError,
+    check_weights,
+    h5_shapes,
+    npz_headers,
+    read_h5,
+    read_npz,
+    sniff_format,
+    write_h5,
+    write_npz,
+)
+
+__all__ = [
+    "FORMATS",
+    "IMAGENET",
+    "Weights",
+    "WeightsError",
+    "WeightsInfo",
+    "apply_weights",
+    "describe_weights",
+    "load_weights",
+    "read_weights",
+    "resolve_source",
+    "save_weights",
+    "sha256_file",
+    "synth_weights",
+]
+
+FORMATS = ("npz", "h5")
+IMAGENET = "imagenet"
+# Keras applications' genuine VGG16 weights (include_top=True) and the hash Keras checks.
+KERAS_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+KERAS_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + KERAS_WEIGHTS_FILE
+)
+KERAS_WEIGHTS_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """What a weights file is: for provenance and for the launcher's checks."""
+
+    path: str
+    format: str
+    sha256: str
+    untrained: bool  # the file says it holds synthesized random weights
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_source(source: str) -> str:
+    """A local path for `source`; "imagenet" goes through Keras' cache or download."""
+    if source != IMAGENET:
+        return os.fspath(source)
+    from keras.utils import get_file  # noqa: PLC0415  (keras is heavy; only here)
+
+    try:
+        return get_file(
+            KERAS_WEIGHTS_FILE,
+            KERAS_WEIGHTS_URL,
+            cache_subdir="models",
+            file_hash=KERAS_WEIGHTS_MD5,
+        )
+    except Exception as error:  # get_file raises bare Exception on network failure
+        raise WeightsError(
+            f"weights='imagenet': could not get the genuine weights from {KERAS_WEIGHTS_URL} "
+            f"({error}). Where this machine cannot reach it, download {KERAS_WEIGHTS_FILE} "
+            "(or the seed's vgg16_weights.npz) elsewhere and pass its path instead."
+        ) from error
+
+
+def _open_checked(source: str, sha256: str | None) -> tuple[str, str, str]:
+    path = resolve_source(source)
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such weights file.")
+    if os.path.isdir(path):
+        raise WeightsError(f"{path}: is a directory, not a weights file.")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        digest = sha256_file(path)
+    except OSError as error:
+        raise WeightsError(f"{path}: cannot be read ({error.strerror or error}).") from error
+    if sha256 is not None and digest != sha256.lower():
+        raise WeightsError(
+            f"{path}: sha256 is {digest}, expected {sha256.lower()}; refusing a file "
+            "that is not the one asked for."
+        )
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise WeightsError(
+            f"{path}: neither an npz (zip) nor an HDF5 file (starts with {head!r}); "
+            "pass the seed's vgg16_weights.npz or Keras' VGG16 .h5."
+        )
+    return path, fmt, digest
+
+
+def _is_untrained(path: str, fmt: str) -> bool:
+    if fmt == "npz":
+        return UNTRAINED_MARK in npz_headers(path, path)
+    import h5py  # noqa: PLC0415
+
+    with h5py.File(path, "r") as root:
+        return UNTRAINED_MARK in root.attrs
+
+
+def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
+    """Checks a weights file without loading its data: format, keys, shapes, optional hash.
+
+    Cheap enough for a job launcher: reads headers only (plus one pass for the sha256).
+
+    Raises:
+      WeightsError: naming the file and what is wrong with it.
+    """
+    path, fmt, digest = _open_checked(source, sha256)
+    if fmt == "npz":
+        headers = npz_headers(path, path)
+        headers.pop(UNTRAINED_MARK, None)
+        expected = {f"{layer}_{part}" for layer in LAYER_NAMES for part in "Wb"}
+        missing, unexpected = sorted(expected - set(headers)), sorted(set(headers) - expected)
+        if missing or unexpected:
+            read_npz(path, path)  # raises the precise error
+        for key, (shape, dtype) in headers.items():
+            layer, part = key.rsplit("_", 1)
+            want = WEIGHT_SHAPES[layer][0 if part == "W" else 1]
+            if dtype.hasobject or shape != want:
+                read_npz(path, path)
+    else:
+        shapes = h5_shapes(path, path)
+        if {k: tuple(v) for k, v in shapes.items()} != {k: tuple(v) for k, v in WEIGHT_SHAPES.items()}:
+            read_h5(path, path)  # raises the precise error
+    return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+
+
+def read_weights(source: str, *, sha256: str | None = None) -> tuple[Weights, WeightsInfo]:
+    """Reads and checks a whole weights file (see the module docstring for sources)."""
+    path, fmt, digest = _open_checked(source, sha256)
+    weights = read_npz(path, path) if fmt == "npz" else read_h5(path, path)
+    return weights, WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+
+
+def apply_weights(model, weights: Weights) -> None:
+    """Sets checked weights on a model from `vgg.model.build_vgg16`, by layer name."""
+    for layer in LAYER_NAMES:
+        model.get_layer(layer).set_weights(list(weights[layer]))
+
+
+def load_weights(model, source: str, *, sha256: str | None = None) -> WeightsInfo:
+    """Reads, checks and sets weights on `model`; returns what was loaded."""
+    weights, info = read_weights(source, sha256=sha256)
+    apply_weights(model, weights)
+    return info
+
+
+def save_weights(weights: Weights, path: str, *, format: str, naming: str = "keras2") -> None:
+    """Writes weights in one of the real layouts ("npz": the seed's; "h5": Keras')."""
+    weights = check_weights(weights, path)
+    if format == "npz":
+        write_npz(weights, path)
+    elif format == "h5":
+        write_h5(weights, path, naming=naming)
+    else:
+        raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
+
+
+# Scales for synthesized weights. He-normal keeps activations at a steady size through
+# the ReLU stack; conv1_1 is divided by the spread of mean-subtracted pixels so that
+# activations start near 1, and fc8 is sized so the softmax is neither flat nor one-hot
+# (a loader that dropped biases or swapped channels must change the scores visibly).
+_PIXEL_SCALE = 64.0
+_FC8_STD = 0.02
+_BIAS_STD = 0.1
+
+
+def synth_weights(seed: int = 0) -> Weights:
+    """Deterministic random VGG16 weights. UNTRAINED: for tests and offline demos only."""
+    rng = np.random.default_rng(seed)
+    weights: Weights = {}
+    for layer, (kernel_shape, bias_shape) in WEIGHT_SHAPES.items():
+        fan_in = math.prod(kernel_shape[:-1])
+        std = math.sqrt(2.0 / fan_in)
+        if layer == "conv1_1":
+            std /= _PIXEL_SCALE
+        elif layer == "fc8":
+            std = _FC8_STD
+        kernel = rng.standard_normal(kernel_shape, dtype=np.float32) * np.float32(std)
+        bias = rng.standard_normal(bias_shape, dtype=np.float32) * np.float32(_BIAS_STD)
+        weights[layer] = (kernel, bias)
+    return weights
+
+
+def _mark_untrained(path: str, fmt: str) -> None:
+    """Labels a synthesized file so that every later use can say it is untrained."""
+    if fmt == "h5":
+        import h5py  # noqa: PLC0415
+
+        with h5py.File(path, "a") as root:
+            root.attrs[UNTRAINED_MARK] = b"synthesized random weights; labels are meaningless"
+    else:
+        import zipfile  # noqa: PLC0415
+
+        with zipfile.ZipFile(path, "a") as archive:
+            with archive.open(UNTRAINED_MARK + ".npy", "w") as member:
+                np.lib.format.write_array(member, np.array(1, dtype=np.uint8))
+
+
+def _convert(source: str, target: str, fmt: str, naming: str) -> WeightsInfo:
+    weights, info = read_weights(source)
+    save_weights(weights, target, format=fmt, naming=naming)
+    if info.untrained:
+        _mark_untrained(target, fmt)
+    return info
+
+
+def write_synth(path: str, *, fmt: str, seed: int, naming: str = "keras2") -> None:
+    """Synthesizes weights into `path`, labelled untrained inside the file."""
+    save_weights(synth_weights(seed), path, format=fmt, naming=naming)
+    _mark_untrained(path, fmt)
+
+
+def _format_for(path: str, given: str | None) -> str:
+    if given:
+        return given
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npz":
+        return "npz"
+    if ext in (".h5", ".hdf5", ".keras"):
+        return "h5"
+    raise SystemExit(f"error: cannot tell the format of {path!r} from its name; pass --format npz|h5")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vgg.weights", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    synth = sub.add_parser("synth", help="write deterministic random (UNTRAINED) weights")
+    synth.add_argument("--format", choices=FORMATS, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
+    convert = sub.add_parser("convert", help="npz <-> h5, preserving what the network computes")
+    convert.add_argument("input")
+    convert.add_argument("output")
+    convert.add_argument("--format", choices=FORMATS, help="output format (default: from its name)")
+    convert.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
+    inspect = sub.add_parser("inspect", help="check a weights file and print what it is")
+    inspect.add_argument("input")
+    inspect.add_argument("--sha256", help="expected sha256 of the file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "synth":
+            write_synth(args.out, fmt=args.format, seed=args.seed, naming=args.naming)
+            print(f"wrote UNTRAINED random weights (seed {args.seed}) to {args.out}; "
+                  "labels from them are meaningless")
+        elif args.command == "convert":
+            _convert(args.input, args.output, _format_for(args.output, args.format), args.naming)
+            print(f"converted {args.input} -> {args.output}")
+        else:
+            info = describe_weights(args.input, sha256=args.sha256)
+            status = "UNTRAINED (synthesized)" if info.untrained else "ok"
+            print(f"{info.path}: {info.format}, sha256 {info.sha256}, {status}")
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
