@@ -1,23 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite on a clean machine: makes .venv if needed, installs the project with
-# its test extras, runs ruff and pytest. Extra arguments go to pytest (e.g. -k parity).
+# its test extras (and Debian's chromium for the report test), runs ruff and pytest.
+# Extra arguments go to pytest (e.g. ./run_tests.sh -k parity).
 set -euo pipefail
 cd "$(dirname "$0")"
-VENV="${VENV:-.venv}"
-PYTHON="${PYTHON:-python3}"
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "==> creating virtual environment in $VENV"
-  "$PYTHON" -m venv "$VENV"
+source scripts/venv.sh
+ensure_venv test
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing chromium (headless browser for the HTML report test)"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: chromium is not installed; the report's browser test will fail" >&2
+  fi
 fi
-stamp="$VENV/.installed-$(cat setup.py | sha256sum | cut -c1-16)"
-if [ ! -f "$stamp" ]; then
-  echo "==> installing the project and its test dependencies"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e '.[test]'
-  touch "$stamp"
-fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 echo "==> ruff"
-"$VENV/bin/ruff" check .
+"$(dirname "$PY")/ruff" check .
 echo "==> pytest"
-exec "$VENV/bin/python" -m pytest "$@"
+exec "$PY" -m pytest "$@"

@@ -32,11 +32,14 @@ setup(
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
+        "search": ["faiss-cpu>=1.8"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
             "apache-beam[aws]>=2.60,<3",
+            "moto[server]>=5",
+            "faiss-cpu>=1.8",
         ],
     },
     entry_points={

@@ -1,0 +1,158 @@
+"""The job's own options (a PipelineOptions subclass) and YAML run configurations under configs/."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+
+RESIZE_MODES = ("squash", "center_crop")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag the job cannot run with; the message says which and why."""
+
+
+class VGGOptions(PipelineOptions):
+    """Options of `python -m pipeline.run`; every standard Beam option passes through untouched."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("vgg16 job")
+        group.add_argument(
+            "--input",
+            action="append",
+            default=None,
+            help="file pattern (local, gs://, s3://; '**' recurses); repeat for several",
+        )
+        group.add_argument("--input_list", default=None, help="text file of URIs, one per line")
+        group.add_argument("--output", default=None, help="output directory (local, gs://, s3://)")
+        group.add_argument("--weights", default=None, help="npz, Keras h5 (local or remote), or 'imagenet'")
+        group.add_argument("--weights_sha256", default=None, help="refuse weights with another sha256")
+        group.add_argument("--embeddings", action="store_true", default=False, help="also write fc7")
+        group.add_argument("--top_k", type=int, default=5, help="labels per image")
+        group.add_argument("--resize", choices=RESIZE_MODES, default="squash", help="resize mode")
+        group.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute precision")
+        group.add_argument("--jit", action="store_true", default=False, help="compile the model with XLA")
+        group.add_argument("--batch_size", type=int, default=32, help="largest inference batch")
+        group.add_argument("--min_batch_size", type=int, default=1, help="smallest inference batch")
+        group.add_argument(
+            "--share_model",
+            action="store_true",
+            default=False,
+            help="one model per machine, shared by all SDK processes (Beam's large_model), "
+            "instead of one per process: for GPU workers with many vCPUs",
+        )
+        group.add_argument(
+            "--max_error_fraction",
+            type=float,
+            default=1.0,
+            help="fail the job (after writing) when more inputs than this fraction fail",
+        )
+        group.add_argument("--config", default=None, help="YAML file of these and Beam's options")
+
+
+def _all_option_classes(cls=PipelineOptions):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_option_classes(sub)
+
+
+def known_option_names() -> dict[str, argparse.Action]:
+    """Every option name Beam and this job know, with its argparse action."""
+    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
+    for cls in _all_option_classes():
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            continue
+    return {action.dest: action for action in parser._actions}
+
+
+def config_to_argv(config: dict, given: Sequence[str]) -> list[str]:
+    """Turns a config mapping into flags placed before the command line's, which win.
+
+    List-valued options (--input) given on the command line replace the file's list
+    rather than append to it. Unknown keys are errors, not silently ignored.
+    """
+    actions = known_option_names()
+    unknown = sorted(set(config) - set(actions))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} in the config file; see --help for names.")
+    given_names = {arg.split("=", 1)[0].lstrip("-") for arg in given if arg.startswith("--")}
+    argv = []
+    for key, value in config.items():
+        action = actions[key]
+        flag = max(action.option_strings, key=len) if action.option_strings else f"--{key}"
+        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"config option {key!r} must be true or false. Received: {value!r}")
+            if value == isinstance(action, argparse._StoreTrueAction):
+                argv.append(flag)
+        elif isinstance(value, list):
+            if isinstance(action, argparse._StoreAction) and action.nargs is None:
+                raise ConfigError(f"config option {key!r} takes one value. Received: {value!r}")
+            if action.nargs in ("*", "+"):
+                argv += [flag, *map(str, value)]
+            elif key not in given_names:  # append-style (--input, --experiments): one flag each
+                argv += [f"{flag}={item}" for item in value]
+        elif value is not None:
+            argv.append(f"{flag}={value}")
+    return argv
+
+
+def load_config(path: str) -> dict:
+    """Reads a YAML mapping of option name -> value."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"config {path} must be a mapping of option: value. Received: {type(config).__name__}"
+        )
+    return config
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Splits argv into this job's options (YAML config applied) and Beam's flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Label (and embed) images with VGG16 into Parquet. All standard Beam "
+        "pipeline options (--runner, --direct_num_workers, --temp_location, --setup_file, "
+        "--s3_endpoint_url, ...) are passed through to Beam.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    VGGOptions._add_argparse_args(parser)
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        argv = [*config_to_argv(load_config(first.config), argv), *argv]
+    args, beam_args = parser.parse_known_args(argv)
+    validate(args)
+    return args, beam_args
+
+
+def validate(args: argparse.Namespace) -> None:
+    if not args.input and not args.input_list:
+        raise ConfigError("no input: pass --input PATTERN (repeatable) and/or --input_list FILE.")
+    if not args.output:
+        raise ConfigError("no output: pass --output DIRECTORY.")
+    if not args.weights:
+        raise ConfigError("no weights: pass --weights FILE (npz or Keras h5) or --weights imagenet.")
+    if not 1 <= args.top_k <= 1000:
+        raise ConfigError(f"--top_k must be between 1 and 1000. Received: {args.top_k}")
+    if not 1 <= args.min_batch_size <= args.batch_size:
+        raise ConfigError(
+            "--min_batch_size must be between 1 and --batch_size. "
+            f"Received: min_batch_size={args.min_batch_size}, batch_size={args.batch_size}"
+        )
+    if not 0.0 <= args.max_error_fraction <= 1.0:
+        raise ConfigError(f"--max_error_fraction must be in [0, 1]. Received: {args.max_error_fraction}")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job in one command: label and embed the bundled sample photos into output/local/.
+# Weights: $VGG16_WEIGHTS if set; else the genuine Keras weights (cache or download); else
+# synthesized UNTRAINED weights, with a loud warning that the labels are meaningless.
+# Extra arguments go to `python -m pipeline.run` (e.g. --resize center_crop).
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/venv.sh
+ensure_venv ""
+OUT=output/local
+if [ -n "${VGG16_WEIGHTS:-}" ]; then
+  WEIGHTS="$VGG16_WEIGHTS"
+elif "$PY" -c "from vgg.weights import resolve_source; resolve_source('imagenet')" 2>/dev/null; then
+  WEIGHTS=imagenet
+else
+  WEIGHTS=output/weights/vgg16_untrained_seed0.npz
+  if [ ! -f "$WEIGHTS" ]; then
+    mkdir -p output/weights
+    "$PY" -m vgg.weights synth --format npz --seed 0 --out "$WEIGHTS"
+  fi
+  cat >&2 <<WARN
+
+############################################################################
+#  WARNING: no genuine VGG16 weights here (no \$VGG16_WEIGHTS, and the Keras #
+#  download failed). Using SYNTHESIZED, UNTRAINED weights: every label below #
+#  is MEANINGLESS. Set VGG16_WEIGHTS=/path/to/vgg16_weights.npz or the Keras  #
+#  vgg16_weights_tf_dim_ordering_tf_kernels.h5 for real labels.              #
+############################################################################
+
+WARN
+fi
+"$PY" -m pipeline.run --config configs/local.yaml --weights "$WEIGHTS" --output "$OUT" "$@"
+"$PY" -m pipeline.show "$OUT"

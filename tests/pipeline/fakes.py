@@ -1,0 +1,36 @@
+"""Small fakes for pipeline tests: a model handler that needs no TensorFlow, and a flaky reader."""
+
+from __future__ import annotations
+
+import numpy as np
+from apache_beam.ml.inference.base import PredictionResult
+
+from pipeline.model_handler import VGG16ModelHandler
+
+
+class FakeModel:
+    """probs put all mass on class (mean pixel value mod 1000); fc7 is the channel means, tiled."""
+
+    def __call__(self, images: np.ndarray):
+        means = images.reshape(len(images), -1, 3).mean(axis=1)  # (N, 3)
+        probs = np.zeros((len(images), 1000), np.float32)
+        probs[np.arange(len(images)), images.reshape(len(images), -1).mean(axis=1).astype(int) % 1000] = 1.0
+        fc7 = np.tile(means.astype(np.float32), (1, 4096 // 3 + 1))[:, :4096]
+        return probs, fc7
+
+
+class FakeHandler(VGG16ModelHandler):
+    """VGG16ModelHandler with FakeModel; `fail_on` raises for batches holding that pixel value."""
+
+    def __init__(self, fail_on: int | None = None, **kwargs):
+        super().__init__("unused.npz", **kwargs)
+        self._fail_on = fail_on
+
+    def load_model(self):
+        return FakeModel()
+
+    def run_inference(self, batch, model, inference_args=None):
+        if self._fail_on is not None and any(int(a[0, 0, 0]) == self._fail_on for a in batch):
+            raise RuntimeError("device fell over")
+        probs, fc7 = model(np.stack(batch))
+        return [PredictionResult(None, (p, f)) for p, f in zip(probs, fc7)]

@@ -1,0 +1,268 @@
+"""`python -m pipeline.run` end to end, as a user runs it: real photos plus broken files -> Parquet.
+
+The same inputs go through DirectRunner (in-memory), DirectRunner with two worker
+processes, and PortableRunner against Beam's local job service (LOOPBACK): all three
+must write the same rows. Weights are synthesized (UNTRAINED): labels are meaningless
+but deterministic, which is all these tests need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.io import image_id
+from tests.conftest import REPO, SAMPLES
+
+GOOD = {  # file name -> how it is made from a bundled photo
+    "cat.png": ("chelsea.png", "PNG"),
+    "coffee.jpg": ("coffee.jpg", None),
+    "astronaut.webp": ("astronaut.jpg", "WEBP"),
+    "rocket.gif": ("rocket.jpg", "GIF"),
+    "temple.bmp": ("china.jpg", "BMP"),
+}
+BAD = {  # file name -> expected (stage, error_type)
+    "notes.jpg": ("decode", "not_an_image"),
+    "empty.png": ("decode", "empty"),
+    "half.jpg": ("decode", "truncated"),
+}
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for name, (source, fmt) in GOOD.items():
+        image = Image.open(SAMPLES / source)
+        if fmt is None:
+            (folder / name).write_bytes((SAMPLES / source).read_bytes())
+        else:
+            image.convert("RGB").save(folder / name, fmt)
+    (folder / "notes.jpg").write_text("<html>not a photo</html>")
+    (folder / "empty.png").write_bytes(b"")
+    data = (SAMPLES / "coffee.jpg").read_bytes()
+    (folder / "half.jpg").write_bytes(data[: len(data) // 2])
+    return folder
+
+
+def run_job(*args, check=True):
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def read_table(folder, name):
+    files = sorted(folder.glob(f"{name}-*-of-*.parquet"))
+    assert files, f"no {name} shards in {folder}"
+    return pq.ParquetDataset([str(f) for f in files]).read(), files
+
+
+def rows_by_id(folder):
+    predictions, _ = read_table(folder, "predictions")
+    errors, _ = read_table(folder, "errors")
+    return (
+        {r["image_id"]: r for r in predictions.to_pylist()},
+        {r["image_id"]: r for r in errors.to_pylist()},
+    )
+
+
+@pytest.fixture(scope="module")
+def direct_run(photo_dir, npz_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("direct")
+    done = run_job(
+        "--input",
+        f"{photo_dir}/*",
+        "--output",
+        out,
+        "--weights",
+        npz_path,
+        "--embeddings",
+        "--batch_size",
+        "4",
+    )
+    return out, done
+
+
+def test_every_input_accounted_for_once(direct_run, photo_dir):
+    out, done = direct_run
+    predictions, errors = rows_by_id(out)
+    inputs = {image_id(str(p)): str(p) for p in photo_dir.iterdir()}
+    assert set(predictions) | set(errors) == set(inputs)
+    assert not set(predictions) & set(errors)
+    table, _ = read_table(out, "predictions")
+    assert len(table) == len(predictions) == len(GOOD)  # no duplicate image_id
+    assert {os.path.basename(r["uri"]) for r in errors.values()} == set(BAD)
+    for row in errors.values():
+        assert (row["stage"], row["error_type"]) == BAD[os.path.basename(row["uri"])]
+        assert row["message"]
+    assert "summary: 8 inputs, 5 labelled, 3 failed (read 0, decode 3, inference 0)" in done.stdout
+    assert "UNTRAINED" in done.stderr
+
+
+def test_schema_and_provenance(direct_run, npz_path):
+    from vgg.weights import sha256_file
+
+    out, _ = direct_run
+    table, files = read_table(out, "predictions")
+    assert [f.name for f in files] == ["predictions-00000-of-00001.parquet"]
+    schema = table.schema
+    assert schema.names == ["image_id", "uri", "width", "height", "labels", "fc7"]
+    assert str(schema.field("width").type) == "int32"
+    assert str(schema.field("labels").type) == (
+        "list<item: struct<class_index: int32, wnid: string, label: string, score: float>>"
+    )
+    assert str(schema.field("fc7").type) == "fixed_size_list<item: float>[4096]"
+    meta = pq.read_metadata(files[0]).metadata
+    assert meta[b"vgg16.weights_sha256"].decode() == sha256_file(npz_path)
+    assert meta[b"vgg16.weights_name"] == b"vgg16_untrained.npz"
+    assert meta[b"vgg16.weights_untrained"] == b"true"
+    assert (meta[b"vgg16.resize"], meta[b"vgg16.precision"]) == (b"squash", b"float32")
+    assert pq.read_metadata(files[0]).row_group(0).column(0).compression == "ZSTD"
+    rows = {os.path.basename(r["uri"]): r for r in table.to_pylist()}
+    assert (rows["cat.png"]["width"], rows["cat.png"]["height"]) == (451, 300)  # chelsea.png's size
+    for row in rows.values():
+        scores = [label["score"] for label in row["labels"]]
+        assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+
+
+def test_labels_equal_vgg_predict(direct_run, photo_dir, npz_path):
+    out, _ = direct_run
+    predictions, _ = rows_by_id(out)
+    images = sorted(str(photo_dir / name) for name in GOOD)
+    done = subprocess.run(
+        [sys.executable, "-m", "vgg.predict", "--weights", npz_path, "--json", "--fc7", *images],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for line in done.stdout.splitlines():
+        record = json.loads(line)
+        row = predictions[image_id(record["uri"])]
+        assert [x["class_index"] for x in row["labels"]] == [x["class_index"] for x in record["labels"]]
+        assert [x["wnid"] for x in row["labels"]] == [x["wnid"] for x in record["labels"]]
+        np.testing.assert_allclose(
+            [x["score"] for x in row["labels"]], [x["score"] for x in record["labels"]], rtol=1e-4
+        )
+        np.testing.assert_allclose(row["fc7"], record["fc7"], rtol=1e-3, atol=1e-3)
+
+
+def assert_same_rows(folder_a, folder_b):
+    pred_a, err_a = rows_by_id(folder_a)
+    pred_b, err_b = rows_by_id(folder_b)
+    assert set(pred_a) == set(pred_b) and err_a == err_b
+    for key, row in pred_a.items():
+        other = pred_b[key]
+        assert [x["class_index"] for x in row["labels"]] == [x["class_index"] for x in other["labels"]]
+        np.testing.assert_allclose(
+            [x["score"] for x in row["labels"]], [x["score"] for x in other["labels"]], rtol=1e-4
+        )
+        np.testing.assert_allclose(row["fc7"], other["fc7"], rtol=1e-3, atol=1e-3)
+        assert (row["uri"], row["width"], row["height"]) == (other["uri"], other["width"], other["height"])
+
+
+def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path):
+    # Two SDK worker processes: the DoFns pickle, and setup() loads the model in each.
+    run_job(
+        "--input",
+        f"{photo_dir}/*",
+        "--output",
+        tmp_path,
+        "--weights",
+        npz_path,
+        "--embeddings",
+        "--direct_num_workers=2",
+        "--direct_running_mode=multi_processing",
+    )
+    assert_same_rows(direct_run[0], tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def job_service():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("Beam's local job service did not start listening within 60 s")
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job_service):
+    run_job(
+        "--input",
+        f"{photo_dir}/*",
+        "--output",
+        tmp_path,
+        "--weights",
+        npz_path,
+        "--embeddings",
+        "--runner=PortableRunner",
+        f"--job_endpoint={job_service}",
+        "--environment_type=LOOPBACK",
+    )
+    assert_same_rows(direct_run[0], tmp_path)
+
+
+# ------------------------------------------------------------------- fail fast
+
+
+@pytest.mark.parametrize("case", ["missing_weights", "corrupt_weights", "no_match", "unwritable"])
+def test_fail_fast_on_the_launcher(case, photo_dir, npz_path, tmp_path):
+    out = tmp_path / "out"
+    args = {"--input": f"{photo_dir}/*", "--output": out, "--weights": npz_path}
+    if case == "missing_weights":
+        args["--weights"] = tmp_path / "nope.npz"
+        want = "nope.npz: no such weights file"
+    elif case == "corrupt_weights":
+        corrupt = tmp_path / "corrupt.npz"
+        corrupt.write_bytes(open(npz_path, "rb").read(4096))
+        args["--weights"] = corrupt
+        want = "corrupt.npz: not a readable npz file"
+    elif case == "no_match":
+        args["--input"] = f"{photo_dir}/*.tiff"
+        want = "matches no files"
+    else:
+        blocker = tmp_path / "a_file"
+        blocker.write_text("x")
+        args["--output"] = out = blocker / "out"
+        want = "is not writable"
+    done = run_job(*[x for kv in args.items() for x in kv], check=False)
+    assert done.returncode == 2
+    assert want in done.stderr and done.stderr.startswith("error: ")
+    assert "Traceback" not in done.stderr
+    assert not out.exists()
