@@ -179,9 +179,10 @@ def assert_same_rows(folder_a, folder_b):
 
 def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path):
     # Two SDK worker processes: the DoFns pickle, and setup() loads the model in each.
+    # The recursive pattern matches the same files as the direct run's "*".
     run_job(
         "--input",
-        f"{photo_dir}/*",
+        f"{photo_dir}/**",
         "--output",
         tmp_path,
         "--weights",
@@ -223,11 +224,14 @@ def job_service():
 
 
 def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job_service):
+    # The same inputs, this time from a list file (with a comment and a blank line).
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("# the photos\n\n" + "\n".join(str(p) for p in sorted(photo_dir.iterdir())) + "\n")
     run_job(
-        "--input",
-        f"{photo_dir}/*",
+        "--input_list",
+        listing,
         "--output",
-        tmp_path,
+        tmp_path / "out",
         "--weights",
         npz_path,
         "--embeddings",
@@ -235,7 +239,7 @@ def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job
         f"--job_endpoint={job_service}",
         "--environment_type=LOOPBACK",
     )
-    assert_same_rows(direct_run[0], tmp_path)
+    assert_same_rows(direct_run[0], tmp_path / "out")
 
 
 # ------------------------------------------------------------------- fail fast
