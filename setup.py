@@ -33,6 +33,9 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
         "search": ["faiss-cpu>=1.8"],
+        # Only for `python -m pipeline.bench`: the stock peer (Beam's TF model handler imports
+        # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
+        "bench": ["tensorflow-hub>=0.16", "tf-keras>=2.16,<2.22", "matplotlib>=3.7"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
