@@ -9,6 +9,9 @@ from vgg.architecture import CONV_BLOCKS, FC7_DIM, IMAGE_SIZE, IMAGENET_MEAN_RGB
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 INPUT_DTYPES = ("uint8", "float32")
+# Variables start at zero: weights are always loaded afterwards, and random initialisers
+# cost seconds and leave ~0.8 GB of allocator garbage behind for a 138M-parameter model.
+_ZEROS = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
 
 
 @keras.saving.register_keras_serializable(package="vgg")
@@ -32,7 +35,7 @@ class Preprocess(keras.layers.Layer):
 
 
 def build_vgg16(*, precision: str = "float32", input_dtype: str = "uint8") -> keras.Model:
-    """Builds VGG16 with random weights; load real ones with `vgg.weights.load_weights`.
+    """Builds VGG16 with all-zero weights; load real ones with `vgg.weights.load_weights`.
 
     Args:
       precision: "float32", "bfloat16" or "float16". The reduced ones are Keras
@@ -47,13 +50,9 @@ def build_vgg16(*, precision: str = "float32", input_dtype: str = "uint8") -> ke
       {"probs": (N, 1000) softmax, "fc7": (N, 4096) post-ReLU activations}.
     """
     if precision not in PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {tuple(PRECISIONS)}. Received: precision={precision!r}"
-        )
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}. Received: precision={precision!r}")
     if input_dtype not in INPUT_DTYPES:
-        raise ValueError(
-            f"input_dtype must be one of {INPUT_DTYPES}. Received: input_dtype={input_dtype!r}"
-        )
+        raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}. Received: input_dtype={input_dtype!r}")
     policy = keras.DTypePolicy(PRECISIONS[precision])
     layers = keras.layers
 
@@ -62,13 +61,13 @@ def build_vgg16(*, precision: str = "float32", input_dtype: str = "uint8") -> ke
     for index, block in enumerate(CONV_BLOCKS, start=1):
         for name, filters in block:
             x = layers.Conv2D(
-                filters, 3, padding="same", activation="relu", name=name, dtype=policy
+                filters, 3, padding="same", activation="relu", name=name, dtype=policy, **_ZEROS
             )(x)
         x = layers.MaxPooling2D(2, strides=2, name=f"pool{index}", dtype=policy)(x)
     x = layers.Flatten(name="flatten", dtype=policy)(x)
-    x = layers.Dense(4096, activation="relu", name="fc6", dtype=policy)(x)
-    fc7 = layers.Dense(FC7_DIM, activation="relu", name="fc7", dtype=policy)(x)
-    logits = layers.Dense(NUM_CLASSES, name="fc8", dtype=policy)(fc7)
+    x = layers.Dense(4096, activation="relu", name="fc6", dtype=policy, **_ZEROS)(x)
+    fc7 = layers.Dense(FC7_DIM, activation="relu", name="fc7", dtype=policy, **_ZEROS)(x)
+    logits = layers.Dense(NUM_CLASSES, name="fc8", dtype=policy, **_ZEROS)(fc7)
     probs = layers.Activation("softmax", name="prob", dtype="float32")(logits)
     fc7_out = layers.Activation("linear", name="fc7_float32", dtype="float32")(fc7)
     return keras.Model(images, {"probs": probs, "fc7": fc7_out}, name="vgg16")

@@ -81,8 +81,12 @@ def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int,
     return headers
 
 
-def read_npz(source: str | BinaryIO, name: str) -> Weights:
-    """Reads the seed's `vgg16_weights.npz` (keys conv1_1_W ... fc8_b, RGB input)."""
+def iter_npz(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yields (layer, kernel, bias) from the seed's npz, one layer at a time.
+
+    Keys, dtypes and shapes are all checked from the headers before the first array is
+    read, so a bad file fails before anything is loaded, and memory holds one layer.
+    """
     headers = npz_headers(source, name)
     headers.pop(UNTRAINED_MARK, None)
     expected = {f"{layer}_{part}" for layer in LAYER_NAMES for part in "Wb"}
@@ -93,16 +97,22 @@ def read_npz(source: str | BinaryIO, name: str) -> Weights:
                 f"{name}: array {key!r} is an object array, which only pickle can load; "
                 "weights are read as plain numbers only, never unpickled."
             )
+    for layer in LAYER_NAMES:
+        for part, shape in zip("Wb", WEIGHT_SHAPES[layer]):
+            _check_array(name, f"{layer}_{part}", part, *headers[f"{layer}_{part}"], shape)
     if not isinstance(source, str):
         source.seek(0)
-    weights: Weights = {}
     try:
         with np.load(source, allow_pickle=False) as archive:
             for layer in LAYER_NAMES:
-                weights[layer] = (archive[f"{layer}_W"], archive[f"{layer}_b"])
+                yield layer, _float32(archive[f"{layer}_W"]), _float32(archive[f"{layer}_b"])
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise WeightsError(f"{name}: npz data could not be read ({error}).") from error
-    return check_weights(weights, name, key_format="{layer}_{part}")
+
+
+def read_npz(source: str | BinaryIO, name: str) -> Weights:
+    """Reads the seed's `vgg16_weights.npz` (keys conv1_1_W ... fc8_b, RGB input)."""
+    return {layer: (kernel, bias) for layer, kernel, bias in iter_npz(source, name)}
 
 
 def write_npz(weights: Weights, target: str | BinaryIO) -> None:
@@ -155,9 +165,7 @@ def _h5_arrays(root: h5py.File, name: str) -> Iterator[tuple[str, list[h5py.Data
             try:
                 datasets = [group[w] for w in weight_names]
             except KeyError as error:
-                raise WeightsError(
-                    f"{name}: layer {layer!r} lacks a listed weight ({error})."
-                ) from error
+                raise WeightsError(f"{name}: layer {layer!r} lacks a listed weight ({error}).") from error
             if datasets:
                 yield layer, datasets
     else:
@@ -167,50 +175,43 @@ def _h5_arrays(root: h5py.File, name: str) -> Iterator[tuple[str, list[h5py.Data
             if "layers" in root
             else ""
         )
-        raise WeightsError(
-            f"{name}: an HDF5 file but not Keras weights (no 'layer_names' attribute).{hint}"
-        )
+        raise WeightsError(f"{name}: an HDF5 file but not Keras weights (no 'layer_names' attribute).{hint}")
 
 
-def read_h5(source: str | BinaryIO, name: str) -> Weights:
-    """Reads Keras' VGG16 weights (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`, BGR input).
+def iter_h5(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Yields (our layer, kernel, bias) from Keras' h5, checked in full before the first read.
 
     Follows Keras' legacy loader: `layer_names` and each layer's `weight_names`
     attributes, in order, so files written by Keras 1/2 (`block1_conv1_W_1:0`) and by
-    Keras 3's legacy writer (`block1_conv1/kernel`) both load.
+    Keras 3's legacy writer (`block1_conv1/kernel`) both load. conv1_1 comes out RGB.
     """
     try:
         with h5py.File(source, "r") as root:
             found = {}
             for keras_layer, datasets in _h5_arrays(root, name):
-                if keras_layer not in KERAS_NAMES:
-                    found[keras_layer] = None  # reported as unexpected below
-                    continue
-                if len(datasets) != 2:
+                if keras_layer in KERAS_NAMES and len(datasets) != 2:
                     raise WeightsError(
                         f"{name}: layer {keras_layer!r} has {len(datasets)} weights; "
                         "expected 2 (kernel, bias)."
                     )
-                for dataset in datasets:
-                    if dataset.dtype.kind not in "fiu":
-                        raise WeightsError(
-                            f"{name}: {dataset.name} has dtype {dataset.dtype}; expected numbers."
-                        )
-                found[keras_layer] = (dataset_value(datasets[0]), dataset_value(datasets[1]))
+                found[keras_layer] = datasets
+            _check_keys(name, set(found), set(KERAS_NAMES), "layer")
+            for keras_layer, datasets in found.items():
+                shapes = WEIGHT_SHAPES[KERAS_NAMES[keras_layer]]
+                for part, dataset, shape in zip("Wb", datasets, shapes):
+                    _check_array(name, keras_layer, part, tuple(dataset.shape), dataset.dtype, shape)
+            for layer in LAYER_NAMES:
+                kernel, bias = (_float32(d[()]) for d in found[OUR_TO_KERAS[layer]])
+                yield layer, swap_rgb_bgr(kernel) if layer == "conv1_1" else kernel, bias
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
-    _check_keys(name, set(found), set(KERAS_NAMES), "layer")
-    weights = {KERAS_NAMES[layer]: arrays for layer, arrays in found.items()}
-    weights = check_weights(weights, name, key_format="{keras}")
-    kernel, bias = weights["conv1_1"]
-    weights["conv1_1"] = (swap_rgb_bgr(kernel), bias)
-    return weights
 
 
-def dataset_value(dataset: h5py.Dataset) -> np.ndarray:
-    return np.asarray(dataset[()])
+def read_h5(source: str | BinaryIO, name: str) -> Weights:
+    """Reads Keras' VGG16 weights (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`, BGR input)."""
+    return {layer: (kernel, bias) for layer, kernel, bias in iter_h5(source, name)}
 
 
 def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2") -> None:
@@ -272,8 +273,22 @@ def _check_keys(name: str, found: set[str], expected: set[str], what: str) -> No
         raise WeightsError(f"{name}: unexpected {what}(s) {unexpected}; not VGG16 weights?")
 
 
+def _check_array(
+    name: str, key: str, part: str, shape: tuple[int, ...], dtype: np.dtype, want: tuple[int, ...]
+) -> None:
+    if tuple(shape) != want:
+        what = "kernel" if part == "W" else "bias"
+        raise WeightsError(f"{name}: {key} ({what}) has shape {tuple(shape)}; expected {want}.")
+    if np.dtype(dtype).kind not in "fiu":
+        raise WeightsError(f"{name}: {key} has dtype {dtype}; expected numbers.")
+
+
+def _float32(value) -> np.ndarray:
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
 def check_weights(weights: Weights, name: str, *, key_format: str = "{layer}") -> Weights:
-    """Checks every layer is present with its exact shapes; returns float32 C-contiguous copies."""
+    """Checks every layer is present with its exact shapes; returns float32 C-contiguous arrays."""
     checked: Weights = {}
     for layer in LAYER_NAMES:
         if layer not in weights:
@@ -282,14 +297,8 @@ def check_weights(weights: Weights, name: str, *, key_format: str = "{layer}") -
         for part, given, shape in zip("Wb", weights[layer], WEIGHT_SHAPES[layer]):
             key = key_format.format(layer=layer, part=part, keras=OUR_TO_KERAS[layer])
             value = np.asarray(given)
-            if value.shape != shape:
-                raise WeightsError(
-                    f"{name}: {key} ({'kernel' if part == 'W' else 'bias'}) has shape "
-                    f"{value.shape}; expected {shape}."
-                )
-            if value.dtype.kind not in "fiu":
-                raise WeightsError(f"{name}: {key} has dtype {value.dtype}; expected numbers.")
-            arrays.append(np.ascontiguousarray(value, dtype=np.float32))
+            _check_array(name, key, part, value.shape, value.dtype, shape)
+            arrays.append(_float32(value))
         checked[layer] = (arrays[0], arrays[1])
     return checked
 

@@ -29,6 +29,8 @@ from vgg.weight_formats import (
     WeightsError,
     check_weights,
     h5_shapes,
+    iter_h5,
+    iter_npz,
     npz_headers,
     read_h5,
     read_npz,
@@ -57,9 +59,7 @@ FORMATS = ("npz", "h5")
 IMAGENET = "imagenet"
 # Keras applications' genuine VGG16 weights (include_top=True) and the hash Keras checks.
 KERAS_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
-KERAS_WEIGHTS_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + KERAS_WEIGHTS_FILE
-)
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + KERAS_WEIGHTS_FILE
 KERAS_WEIGHTS_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 
 
@@ -184,9 +184,30 @@ def apply_weights(model, weights: Weights) -> None:
 
 def load_weights(model, source: str, *, sha256: str | None = None) -> WeightsInfo:
     """Reads, checks and sets weights on `model`; returns what was loaded."""
-    weights, info = read_weights(source, sha256=sha256)
-    apply_weights(model, weights)
-    return info
+    path, fmt, digest = _open_checked(source, sha256)
+    layers = iter_npz(path, path) if fmt == "npz" else iter_h5(path, path)
+    for layer, kernel, bias in layers:  # one layer in memory at a time: a lower peak RSS
+        target = model.get_layer(layer)
+        _assign_in_chunks(target.kernel, kernel)
+        target.bias.assign(bias)
+    return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+
+
+_CHUNK_ROWS = 1024
+
+
+def _assign_in_chunks(variable, value: np.ndarray) -> None:
+    """Assigns a large array row-block by row-block, so no second full-size copy is made.
+
+    fc6's kernel alone is 411 MB: a whole-array assign converts it to a tensor first,
+    which briefly doubles it. Row blocks keep that extra copy at a few MB.
+    """
+    if value.ndim != 2 or value.shape[0] <= _CHUNK_ROWS:
+        variable.assign(value)
+        return
+    tf_variable = getattr(variable, "value", variable)
+    for start in range(0, value.shape[0], _CHUNK_ROWS):
+        tf_variable[start : start + _CHUNK_ROWS].assign(value[start : start + _CHUNK_ROWS])
 
 
 def save_weights(weights: Weights, path: str, *, format: str, naming: str = "keras2") -> None:
@@ -286,8 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "synth":
             write_synth(args.out, fmt=args.format, seed=args.seed, naming=args.naming)
-            print(f"wrote UNTRAINED random weights (seed {args.seed}) to {args.out}; "
-                  "labels from them are meaningless")
+            print(
+                f"wrote UNTRAINED random weights (seed {args.seed}) to {args.out}; "
+                "labels from them are meaningless"
+            )
         elif args.command == "convert":
             _convert(args.input, args.output, _format_for(args.output, args.format), args.naming)
             print(f"converted {args.input} -> {args.output}")
