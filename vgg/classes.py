@@ -81,14 +81,8 @@ def _parse_class_index(raw: object, *, source: str) -> tuple[ClassName, ...]:
 
 
 def _check_k(value: object, name: str) -> int:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or not 1 <= value <= NUM_CLASSES
-    ):
-        raise ValueError(
-            f"{name} must be between 1 and {NUM_CLASSES}. Received: {name}={value!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= NUM_CLASSES:
+        raise ValueError(f"{name} must be between 1 and {NUM_CLASSES}. Received: {name}={value!r}")
     return int(value)
 
 
@@ -103,13 +97,9 @@ def _as_batch(probs: np.ndarray) -> np.ndarray:
             f"one score per ImageNet class. Received: shape={received}. "
             "Use a model with the 1000-class ImageNet top (include_top=True)."
         )
-    if not (
-        np.issubdtype(probs.dtype, np.floating)
-        or np.issubdtype(probs.dtype, np.integer)
-    ):
+    if not (np.issubdtype(probs.dtype, np.floating) or np.issubdtype(probs.dtype, np.integer)):
         raise ValueError(
-            f"Expected numeric probabilities. Received: dtype={probs.dtype}. "
-            "Pass the model's float output."
+            f"Expected numeric probabilities. Received: dtype={probs.dtype}. Pass the model's float output."
         )
     return probs
 

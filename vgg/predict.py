@@ -1,7 +1,7 @@
 """Top-k ImageNet labels (and optionally fc7) for image files: the 2016 demo, grown up.
 
-    python -m vgg.predict --weights vgg16_weights.npz samples/chelsea.png
-    python -m vgg.predict --weights imagenet --json --fc7 a.jpg b.png
+python -m vgg.predict --weights vgg16_weights.npz samples/chelsea.png
+python -m vgg.predict --weights imagenet --json --fc7 a.jpg b.png
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from vgg.preprocess import RESIZE_MODES, ImageError, load_image  # noqa: E402
 from vgg.weights import WeightsError, describe_weights  # noqa: E402
 
 UNTRAINED_WARNING = (
-    "WARNING: these weights are UNTRAINED (synthesized random numbers): "
-    "the labels below are meaningless."
+    "WARNING: these weights are UNTRAINED (synthesized random numbers): the labels below are meaningless."
 )
 
 

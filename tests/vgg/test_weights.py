@@ -73,13 +73,18 @@ def test_cli_synth_h5_and_inspect(tmp_path):
     out = str(tmp_path / "s.h5")
     done = subprocess.run(
         [sys.executable, "-m", "vgg.weights", "synth", "--format", "h5", "--seed", "3", "--out", out],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "UNTRAINED" in done.stdout
     assert_same_weights(read_weights(out)[0], synth_weights(3))
     shown = subprocess.run(
         [sys.executable, "-m", "vgg.weights", "inspect", out, "--sha256", "0" * 64],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert shown.returncode == 2 and "sha256 is" in shown.stderr and "Traceback" not in shown.stderr
 
