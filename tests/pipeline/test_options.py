@@ -39,6 +39,13 @@ def test_command_line_wins_over_config(tmp_path):
     assert "--experiments=a" in beam_args and "--experiments=b" in beam_args
 
 
+def test_flags_sharing_a_name_and_aliases():
+    # save_main_session shares its dest with --no_save_main_session; true must set it.
+    assert config_to_argv({"save_main_session": True}, []) == ["--save_main_session"]
+    # The singular alias on the command line replaces the file's list too.
+    assert config_to_argv({"experiments": ["a"]}, ["--experiment=b"]) == []
+
+
 def test_unknown_config_key_is_an_error(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("output: o\nbatchsize: 8\n")
