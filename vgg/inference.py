@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import subprocess
 import threading
@@ -11,8 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from vgg.architecture import IMAGE_SIZE
-from vgg.model import build_vgg16
-from vgg.weights import WeightsInfo, load_weights
+from vgg.model import load_vgg16
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +60,6 @@ def _gpu_memory_mib() -> list[int]:
         return []
 
 
-def _release_freed_memory() -> None:
-    """Hands the ~0.5 GB that loading leaves in glibc's free lists back to the OS (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class Predictor:
     """VGG16 with weights loaded, mapping uint8 RGB batches to (probs, fc7).
 
@@ -96,9 +86,7 @@ class Predictor:
     ):
         self.device = configure_devices()
         self.precision = precision
-        self.model = build_vgg16(precision=precision)
-        self.weights: WeightsInfo = load_weights(self.model, weights, sha256=sha256)
-        _release_freed_memory()
+        self.model, self.weights = load_vgg16(weights, sha256=sha256, precision=precision)
         self.max_batch_size = max_batch_size
         self._forward = tf.function(
             lambda images: self.model(images, training=False),

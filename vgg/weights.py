@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -184,30 +186,25 @@ def apply_weights(model, weights: Weights) -> None:
 
 def load_weights(model, source: str, *, sha256: str | None = None) -> WeightsInfo:
     """Reads, checks and sets weights on `model`; returns what was loaded."""
+    layers, info = stream_weights(source, sha256=sha256)
+    for layer, kernel, bias in layers:  # one layer in memory at a time
+        model.get_layer(layer).set_weights([kernel, bias])
+    return info
+
+
+def stream_weights(
+    source: str, *, sha256: str | None = None
+) -> tuple[Iterator[tuple[str, np.ndarray, np.ndarray]], WeightsInfo]:
+    """(layer, kernel, bias) one layer at a time, after the whole file's structure is checked.
+
+    Keys, shapes and dtypes are validated before this returns, so a bad file raises here
+    and not halfway through building a model.
+    """
     path, fmt, digest = _open_checked(source, sha256)
     layers = iter_npz(path, path) if fmt == "npz" else iter_h5(path, path)
-    for layer, kernel, bias in layers:  # one layer in memory at a time: a lower peak RSS
-        target = model.get_layer(layer)
-        _assign_in_chunks(target.kernel, kernel)
-        target.bias.assign(bias)
-    return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
-
-
-_CHUNK_ROWS = 1024
-
-
-def _assign_in_chunks(variable, value: np.ndarray) -> None:
-    """Assigns a large array row-block by row-block, so no second full-size copy is made.
-
-    fc6's kernel alone is 411 MB: a whole-array assign converts it to a tensor first,
-    which briefly doubles it. Row blocks keep that extra copy at a few MB.
-    """
-    if value.ndim != 2 or value.shape[0] <= _CHUNK_ROWS:
-        variable.assign(value)
-        return
-    tf_variable = getattr(variable, "value", variable)
-    for start in range(0, value.shape[0], _CHUNK_ROWS):
-        tf_variable[start : start + _CHUNK_ROWS].assign(value[start : start + _CHUNK_ROWS])
+    first = next(layers)  # runs the generator's checks now
+    info = WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+    return itertools.chain([first], layers), info
 
 
 def save_weights(weights: Weights, path: str, *, format: str, naming: str = "keras2") -> None:
