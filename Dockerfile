@@ -34,7 +34,7 @@ COPY pipeline /tmp/vgg16-beam/pipeline
 # this TensorFlow. Beam is pinned to the base image's version so pip cannot swap out the SDK
 # that /opt/apache/beam/boot starts. The import check fails the build, not the first worker,
 # if the package data (class names) did not make it in.
-RUN pip install "/tmp/vgg16-beam[gpu,gcp]" "apache-beam[gcp]==${BEAM_VERSION}" \
+RUN pip install "/tmp/vgg16-beam[gpu]" "apache-beam[gcp,aws]==${BEAM_VERSION}" \
  && rm -rf /tmp/vgg16-beam \
  && cd / \
  && python -c "import pipeline.run; from vgg.classes import class_names; assert len(class_names()) == 1000"

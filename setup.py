@@ -21,7 +21,8 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.22",  # Keras 3; the Linux wheel runs on CUDA GPUs with the 'gpu' extra
         "keras>=3.3",
-        "apache-beam>=2.60,<3",
+        # gs:// and s3:// are first-class inputs and outputs, so both filesystems come along.
+        "apache-beam[gcp,aws]>=2.60,<3",
         "numpy>=1.26",
         "pillow>=10.3",
         "pyarrow>=14",
@@ -30,8 +31,6 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
-        "gcp": ["apache-beam[gcp]>=2.60,<3"],
-        "aws": ["apache-beam[aws]>=2.60,<3"],
         "search": ["faiss-cpu>=1.8"],
         # Only for `python -m pipeline.bench`: the stock peer (Beam's TF model handler imports
         # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
@@ -40,7 +39,6 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
-            "apache-beam[aws]>=2.60,<3",
             "moto[server]>=5",
             "faiss-cpu>=1.8",
         ],

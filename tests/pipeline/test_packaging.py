@@ -205,7 +205,7 @@ def test_dockerfile_installs_the_project_with_cuda_and_keeps_beams_entrypoint():
         "pipeline /tmp/vgg16-beam/pipeline",
     ]
     (install,) = [arg for op, arg in instructions if op == "RUN"]
-    assert install.startswith('pip install "/tmp/vgg16-beam[gpu,gcp]" "apache-beam[gcp]==${BEAM_VERSION}"')
+    assert install.startswith('pip install "/tmp/vgg16-beam[gpu]" "apache-beam[gcp,aws]==${BEAM_VERSION}"')
     assert instructions[-1] == ("ENTRYPOINT", '["/opt/apache/beam/boot"]')
     # The build context keeps what the COPY lines need.
     ignored = {
