@@ -38,7 +38,7 @@ class VGGOptions(PipelineOptions):
         group.add_argument("--resize", choices=RESIZE_MODES, default="squash", help="resize mode")
         group.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute precision")
         group.add_argument("--jit", action="store_true", default=False, help="compile the model with XLA")
-        group.add_argument("--batch_size", type=int, default=32, help="largest inference batch")
+        group.add_argument("--batch_size", type=int, default=16, help="largest inference batch")
         group.add_argument("--min_batch_size", type=int, default=1, help="smallest inference batch")
         group.add_argument(
             "--share_model",

@@ -20,7 +20,7 @@ def test_defaults_and_beam_passthrough():
         "squash",
         "float32",
         False,
-        32,
+        16,
     )
     assert args.input == ["a/*.jpg"]
     assert beam_args == ["--runner=DirectRunner", "--direct_num_workers=2"]
