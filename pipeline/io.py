@@ -11,6 +11,7 @@ import time
 
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -20,16 +21,32 @@ SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
 SUFFIX = ".parquet"
 
 
+# The error_type of an errors row from the read stage.
+READ_ERROR_TYPES: dict[str, str] = {
+    "not_found": "the file does not exist (any more): deleted between listing and reading",
+    "permission_denied": "the job's credentials may not read the file",
+    "too_large": "the file is over --max_input_bytes; not read to the end",
+    "read_error": "any other read failure, after retries with backoff",
+}
+READ_ATTEMPTS = 4
+MAX_INPUT_BYTES = 256 * 2**20
+# Counts every retried read, in the job's metrics namespace.
+_retries = Metrics.counter("vgg16", "read_retries")
+
+
 class InputError(ValueError):
     """An input pattern or list the job cannot use."""
 
 
 class ReadError(OSError):
-    """A read that failed for good; error_type is "not_found", "permission_denied" or "read_error"."""
+    """A read that failed for good; error_type is one of READ_ERROR_TYPES."""
 
     def __init__(self, error_type: str, message: str):
         super().__init__(message)
         self.error_type = error_type
+
+    def __reduce__(self):
+        return type(self), (self.error_type, str(self))
 
 
 def image_id(uri: str) -> str:
@@ -70,29 +87,62 @@ def _first_cause(error: Exception) -> str:
     return str(error)
 
 
+def _status_code(error: BaseException) -> int | None:
+    """The HTTP status of a cloud client error (Beam's S3ClientError, google.api_core's errors)."""
+    for name in ("code", "status_code"):
+        value = getattr(error, name, None)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    return None
+
+
 def _classify(error: Exception) -> str | None:
     """The permanent error type of a failed read, or None when a retry may help."""
+    causes: list[BaseException] = [error]
+    if isinstance(error, BeamIOError) and error.exception_details:
+        causes += [e for e in error.exception_details.values() if isinstance(e, BaseException)]
     text = _first_cause(error).lower()
-    if isinstance(error, FileNotFoundError) or "not found" in text or "no such file" in text:
+    for cause in causes:
+        status = _status_code(cause)
+        if isinstance(cause, FileNotFoundError) or status in (404, 410):
+            return "not_found"
+        if isinstance(cause, PermissionError) or status in (401, 403):
+            return "permission_denied"
+        if isinstance(cause, IsADirectoryError):
+            return "read_error"
+    if "not found" in text or "no such file" in text or "nosuchkey" in text:
         return "not_found"
-    if isinstance(error, PermissionError) or "permission denied" in text or "access denied" in text:
+    if "permission denied" in text or "access denied" in text or "forbidden" in text:
         return "permission_denied"
-    if isinstance(error, IsADirectoryError) or "is a directory" in text:
+    if "is a directory" in text:
         return "read_error"
     return None
 
 
-def read_bytes(uri: str, *, attempts: int = 4, backoff_s: float = 0.5, sleep=time.sleep) -> bytes:
+def read_bytes(
+    uri: str,
+    *,
+    attempts: int = READ_ATTEMPTS,
+    backoff_s: float = 0.5,
+    max_bytes: int = MAX_INPUT_BYTES,
+    sleep=time.sleep,
+) -> bytes:
     """Reads a whole file, retrying transient failures with exponential backoff.
 
-    Not-found and permission errors are permanent and raise at once; anything else is
-    retried `attempts` times in all before giving up with error_type "read_error".
+    Not-found and permission errors (local OSErrors, or HTTP 404/403 from S3 or GCS) are
+    permanent and raise at once. Anything else is retried `attempts` times in all,
+    sleeping backoff_s, 2 * backoff_s, ... in between, before giving up with error_type
+    "read_error". A file over max_bytes is refused ("too_large") without reading the
+    rest, so one huge object cannot exhaust a worker's memory.
+
+    Raises:
+        ReadError: error_type is one of READ_ERROR_TYPES.
     """
     for attempt in range(1, attempts + 1):
         try:
             with FileSystems.open(uri, compression_type="uncompressed") as handle:
-                return handle.read()
-        except (BeamIOError, OSError) as error:
+                data = handle.read(max_bytes + 1)
+        except Exception as error:  # cloud clients raise their own types, not only OSError
             kind = _classify(error)
             if kind is not None:
                 raise ReadError(kind, f"{uri}: {_first_cause(error)}") from error
@@ -100,8 +150,16 @@ def read_bytes(uri: str, *, attempts: int = 4, backoff_s: float = 0.5, sleep=tim
                 raise ReadError(
                     "read_error", f"{uri}: failed {attempts} times: {_first_cause(error)}"
                 ) from error
+            _retries.inc()
             log.warning("read of %s failed (%s); retry %d of %d", uri, error, attempt, attempts - 1)
             sleep(backoff_s * 2 ** (attempt - 1))
+            continue
+        if len(data) > max_bytes:
+            raise ReadError(
+                "too_large",
+                f"{uri}: larger than {max_bytes} bytes (--max_input_bytes); not read to the end",
+            )
+        return data
     raise AssertionError("unreachable")
 
 
@@ -132,6 +190,24 @@ def check_output_writable(output: str) -> None:
         FileSystems.delete([probe])
     except (BeamIOError, OSError) as error:
         raise InputError(f"--output {output!r} is not writable: {_first_cause(error)}") from error
+
+
+def remove_empty_temp_dirs(output: str) -> None:
+    """Removes the empty `beam-temp-*` folders a local output can keep after retried bundles.
+
+    Beam's file sinks make a uniquely named temp folder per (attempt of) their
+    initialisation and delete only the one the final write used. Object stores have no
+    empty folders; locally, rmdir only ever removes an empty one, so a folder another
+    job is still writing into is left alone.
+    """
+    if "://" in output or not os.path.isdir(output):
+        return
+    for name in os.listdir(output):
+        if name.startswith(("beam-temp-predictions", "beam-temp-errors")):
+            try:
+                os.rmdir(os.path.join(output, name))
+            except OSError:
+                continue
 
 
 def remove_outputs(paths: list[str]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from pipeline.io import READ_ERROR_TYPES
 from vgg.classes import class_names, top_k
+from vgg.preprocess import ERROR_TYPES as IMAGE_ERROR_TYPES
 
 LABEL = pa.struct(
     [
@@ -18,6 +20,18 @@ LABEL = pa.struct(
 FC7_DIM = 4096
 # Stages an errors row can name, in pipeline order.
 STAGES = ("read", "decode", "inference")
+# The whole vocabulary of an errors row: stage -> error_type -> meaning. Stable: users
+# filter on these strings, so a new kind of failure gets a new name, never a reused one.
+ERROR_TYPES: dict[str, dict[str, str]] = {
+    "read": dict(READ_ERROR_TYPES),
+    "decode": {
+        **IMAGE_ERROR_TYPES,
+        "crashed": "the decoder process died on this input (e.g. a segfault in a native library)",
+        "timeout": "decoding ran past --decode_timeout_s; the decoder process was killed",
+        "decode_error": "the decoder raised an unexpected exception (a bug, not a known bad input)",
+    },
+    "inference": {"inference_error": "the model failed on the batch holding this image"},
+}
 
 
 def predictions_schema(*, embeddings: bool, metadata: dict[str, str]) -> pa.Schema:

@@ -12,6 +12,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipeline.io import ReadError, image_id, read_bytes
 from pipeline.model_handler import VGG16ModelHandler
+from pipeline.sandbox import DecodeFailed, DecoderCrashed, IsolatedDecoder
 from pipeline.schema import error_row, prediction_rows
 from vgg.preprocess import ImageError, decode_image
 
@@ -19,6 +20,10 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "vgg16"
 ERRORS = "errors"
+# "subprocess": decode in a child process per DoFn instance (crashes contained);
+# "none": decode in the worker's own process (no per-image overhead, no containment).
+ISOLATION_MODES = ("subprocess", "none")
+DECODE_TIMEOUT_S = 60.0
 
 
 def _failed(stage: str):
@@ -41,6 +46,11 @@ class ReadImage(beam.DoFn):
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", error.error_type, str(error)))
             return
+        except Exception as error:  # a reader bug on one file must not fail the job
+            self._failed.inc()
+            message = f"{uri}: {type(error).__name__}: {error}"
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", "read_error", message))
+            return
         self._read.inc()
         yield key, uri, data
 
@@ -49,28 +59,67 @@ class DecodeImage(beam.DoFn):
     """(image_id, uri, bytes) -> ((image_id, uri, width, height), uint8 224x224x3 pixels).
 
     Only the compact preprocessed array travels on to the model; bad images become
-    errors rows with the decoder's error_type.
+    errors rows with the decoder's error_type. With isolation="subprocess" (the
+    default) decoding runs in a child process per DoFn instance (pipeline.sandbox), so
+    a crash in Pillow's native code, or a decode running past timeout_s, becomes one
+    errors row ("crashed", "timeout") instead of killing the worker.
     """
 
-    def __init__(self, resize: str):
+    def __init__(
+        self,
+        resize: str,
+        *,
+        isolation: str = "subprocess",
+        timeout_s: float | None = DECODE_TIMEOUT_S,
+        decode=decode_image,
+    ):
+        if isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {ISOLATION_MODES}. Received: isolation={isolation!r}")
         self._resize = resize
+        self._isolation = isolation
+        self._timeout_s = timeout_s or None
+        self._decode_fn = decode
+        self._decoder = None
         self._failed = _failed("decode")
+        self._crashes = Metrics.counter(NAMESPACE, "decoder_crashes")
         self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
+
+    def setup(self):
+        if self._isolation == "subprocess":
+            self._decoder = IsolatedDecoder(self._decode_fn, timeout_s=self._timeout_s)
+        else:
+            self._decoder = self._decode_fn
+
+    def teardown(self):
+        if isinstance(self._decoder, IsolatedDecoder):
+            self._decoder.close()
 
     def process(self, element):
         key, uri, data = element
+        if self._decoder is None:  # setup() not called (a DoFn used outside Beam)
+            self.setup()
         start = time.perf_counter()
         try:
-            image = decode_image(data, resize=self._resize)
+            image = self._decoder(data, resize=self._resize)
         except ImageError as error:
             self._failed.inc()
             yield beam.pvalue.TaggedOutput(
                 ERRORS, error_row(key, uri, "decode", error.error_type, str(error))
             )
             return
+        except DecoderCrashed as error:
+            self._failed.inc()
+            self._crashes.inc()
+            log.warning("decoder %s on %s: %s", error.error_type, uri, error)
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, error_row(key, uri, "decode", error.error_type, f"{error.error_type}: {error}")
+            )
+            return
         except Exception as error:  # a decoder bug on one file must not fail the job
             self._failed.inc()
-            message = f"{type(error).__name__}: {error}"
+            message = (
+                f"{type(error).__name__}: {error}" if not isinstance(error, DecodeFailed) else str(error)
+            )
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "decode", "decode_error", message))
             return
         self._decode_ms.update(int((time.perf_counter() - start) * 1000))
@@ -137,6 +186,9 @@ class LabelImages(beam.PTransform):
         top_k: int = 5,
         embeddings: bool = False,
         reader=read_bytes,
+        decode_isolation: str = "subprocess",
+        decode_timeout_s: float | None = DECODE_TIMEOUT_S,
+        decode=decode_image,
     ):
         super().__init__()
         self._handler = handler
@@ -144,12 +196,13 @@ class LabelImages(beam.PTransform):
         self._top_k = top_k
         self._embeddings = embeddings
         self._reader = reader
+        self._decode = DecodeImage(
+            resize, isolation=decode_isolation, timeout_s=decode_timeout_s, decode=decode
+        )
 
     def expand(self, uris):
         read = uris | "Read" >> beam.ParDo(ReadImage(self._reader)).with_outputs(ERRORS, main="images")
-        decoded = read.images | "Decode" >> beam.ParDo(DecodeImage(self._resize)).with_outputs(
-            ERRORS, main="pixels"
-        )
+        decoded = read.images | "Decode" >> beam.ParDo(self._decode).with_outputs(ERRORS, main="pixels")
         results, failed = (
             decoded.pixels
             | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()

@@ -70,3 +70,15 @@ def photo_batch(sample_photos):
     from vgg.preprocess import load_image
 
     return np.stack([load_image(p).pixels for p in sample_photos])
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The generated bad-input corpus (tests/corpus.py): (folder, file name -> Expected).
+
+    Shared and read-only: a test that deletes or changes files copies it first.
+    """
+    from tests.corpus import write_corpus
+
+    folder = tmp_path_factory.mktemp("corpus")
+    return folder, write_corpus(folder)

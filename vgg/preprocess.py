@@ -116,6 +116,11 @@ class ImageError(ValueError):
             )
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
+        self.detail = message
+
+    def __reduce__(self):
+        # Picklable with its two arguments, so it can cross a process boundary.
+        return type(self), (self.error_type, self.detail)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,218 @@
+"""A real S3 round trip against a local S3-compatible server (moto, on 127.0.0.1 only).
+
+Photos go into a bucket, `python -m pipeline.run --input 's3://…' --output s3://…` labels
+them, and the Parquet comes back out of the bucket. Credentials reach the job only through
+the environment, and must not show up in its output, logs, Parquet metadata or the
+pipeline's display data. As a safety net the environment also points boto3's default S3
+endpoint at a closed local port, so a client that ignored --s3_endpoint_url would fail
+here instead of talking to anything off this machine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io import image_id
+from tests.conftest import REPO, SAMPLES
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+BUCKET = "photos"
+PHOTOS = ("coffee.jpg", "chelsea.png", "rocket.jpg")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1, its endpoint, credentials and a client; stopped afterwards."""
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    else:
+        server.stop()
+        pytest.fail("moto's S3 server did not listen within 30 s")
+    # Fresh random credentials: any occurrence of them in an output is a leak.
+    creds = {
+        "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+    }
+    env = {
+        **os.environ,
+        **creds,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # never ask 169.254.169.254 for credentials
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        # The safety net: without --s3_endpoint_url boto3 would use this closed local port.
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{free_port()}",
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket=BUCKET)
+    for name in PHOTOS:
+        client.put_object(Bucket=BUCKET, Key=f"imgs/{name}", Body=(SAMPLES / name).read_bytes())
+    client.put_object(Bucket=BUCKET, Key="imgs/notes.jpg", Body=b"<html>not a photo</html>")
+    try:
+        yield {"endpoint": endpoint, "env": env, "creds": creds, "client": client}
+    finally:
+        server.stop()
+
+
+def objects(client, prefix):
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return {item["Key"]: client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read() for item in listed}
+
+
+@pytest.fixture(scope="module")
+def s3_run(s3, npz_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.run",
+            "--input",
+            f"s3://{BUCKET}/imgs/*",
+            "--output",
+            f"s3://{BUCKET}/out",
+            "--weights",
+            npz_path,
+            "--s3_endpoint_url",
+            s3["endpoint"],
+            "--decode_isolation",
+            "none",
+        ],
+        cwd=REPO,
+        env=s3["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_round_trip_through_the_bucket(s3, s3_run):
+    stored = objects(s3["client"], "out/")
+    assert sorted(stored) == ["out/errors-00000-of-00001.parquet", "out/predictions-00000-of-00001.parquet"]
+    predictions = pq.read_table(io.BytesIO(stored["out/predictions-00000-of-00001.parquet"])).to_pylist()
+    errors = pq.read_table(io.BytesIO(stored["out/errors-00000-of-00001.parquet"])).to_pylist()
+    uris = {f"s3://{BUCKET}/imgs/{name}" for name in PHOTOS}
+    assert {r["uri"] for r in predictions} == uris
+    assert all(r["image_id"] == image_id(r["uri"]) for r in predictions)
+    assert {(r["uri"], r["stage"], r["error_type"]) for r in errors} == {
+        (f"s3://{BUCKET}/imgs/notes.jpg", "decode", "not_an_image")
+    }
+    sizes = {r["uri"].rsplit("/", 1)[1]: (r["width"], r["height"]) for r in predictions}
+    assert sizes == {"coffee.jpg": (600, 400), "chelsea.png": (451, 300), "rocket.jpg": (640, 427)}
+    assert "summary: 4 inputs, 3 labelled, 1 failed (read 0, decode 1, inference 0)" in s3_run.stdout
+
+
+def test_credentials_leak_nowhere(s3, s3_run, npz_path):
+    secret, key_id = s3["creds"]["AWS_SECRET_ACCESS_KEY"], s3["creds"]["AWS_ACCESS_KEY_ID"]
+    for text in (s3_run.stdout, s3_run.stderr):
+        assert secret not in text and key_id not in text
+    for key, data in objects(s3["client"], "out/").items():
+        assert secret.encode() not in data and key_id.encode() not in data, key
+        metadata = pq.read_metadata(io.BytesIO(data)).metadata or {}
+        assert not any(secret.encode() in v or key_id.encode() in v for v in metadata.values())
+    # Display data and the pipeline proto, as a runner would receive them, built from
+    # the same command line in this process with the same environment.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "import apache_beam as beam\n"
+            "from apache_beam.options.pipeline_options import PipelineOptions\n"
+            "from apache_beam.transforms.display import DisplayData\n"
+            "from pipeline import run\n"
+            "from pipeline.options import parse_args\n"
+            "args, beam_args = parse_args(sys.argv[1:])\n"
+            "options = PipelineOptions(beam_args)\n"
+            "p = beam.Pipeline(options=options)\n"
+            "run.build_pipeline(p, args, run.check_launch(args))\n"
+            "sys.stdout.buffer.write(p.to_runner_api().SerializeToString())\n"
+            "sys.stdout.buffer.write(repr(DisplayData.create_from_options(options).items).encode())\n"
+            "sys.stdout.buffer.write(repr(options.display_data()).encode())\n",
+            *("--input", f"s3://{BUCKET}/imgs/*", "--output", f"s3://{BUCKET}/display"),
+            *("--weights", npz_path, "--s3_endpoint_url", s3["endpoint"]),
+        ],
+        cwd=REPO,
+        env=s3["env"],
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert s3["endpoint"].encode() in done.stdout  # the options are in there ...
+    assert secret.encode() not in done.stdout and key_id.encode() not in done.stdout  # ... no credentials
+
+
+def test_read_errors_on_s3(s3):
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.io import ReadError, read_bytes, stage_weights
+
+    client = s3["client"]
+    creds = s3["creds"]
+    FileSystems.set_options(
+        PipelineOptions(
+            [
+                f"--s3_endpoint_url={s3['endpoint']}",
+                "--s3_region_name=us-east-1",
+                f"--s3_access_key_id={creds['AWS_ACCESS_KEY_ID']}",
+                f"--s3_secret_access_key={creds['AWS_SECRET_ACCESS_KEY']}",
+            ]
+        )
+    )
+    try:
+        # Deleted between matching and reading: a not_found errors row, not a retry loop.
+        client.put_object(Bucket=BUCKET, Key="race/gone.jpg", Body=b"x")
+        (match,) = FileSystems.match([f"s3://{BUCKET}/race/*"])
+        (found,) = match.metadata_list
+        client.delete_object(Bucket=BUCKET, Key="race/gone.jpg")
+        slept = []
+        with pytest.raises(ReadError) as info:
+            read_bytes(found.path, sleep=slept.append)
+        assert (info.value.error_type, slept) == ("not_found", [])
+        # Weights may live in the bucket too: staged to a local file once per process.
+        client.put_object(Bucket=BUCKET, Key="weights/w.npz", Body=b"PK\x03\x04 weights")
+        local = stage_weights(f"s3://{BUCKET}/weights/w.npz")
+        assert open(local, "rb").read() == b"PK\x03\x04 weights"
+    finally:
+        FileSystems.set_options(None)
+
+
+def test_credential_flags_are_warned_about_without_their_values(caplog):
+    from pipeline.run import _warn_about_secret_flags
+
+    _warn_about_secret_flags(["--s3_secret_access_key=hunter2", "--s3_endpoint_url=http://x"])
+    assert "--s3_secret_access_key was given on the command line" in caplog.text
+    assert "hunter2" not in caplog.text
