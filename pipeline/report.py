@@ -1,0 +1,255 @@
+"""A static HTML page of a run: thumbnails with their top-5 labels, the error rows, nearest neighbours.
+
+    python -m pipeline.report --predictions 'out/predictions-*.parquet' --index index/ --out report.html
+
+Thumbnails are embedded as small JPEG data URIs, so the page is one self-contained file:
+it can be mailed or kept as a CI artifact, and it shows images whose URIs a browser
+cannot open (gs://, s3://) or that have since moved; at 128 px one costs about 5 KB.
+Every URI, label and message is escaped, and a Content-Security-Policy lets the page
+load nothing but its own inline style and data: images, so no script can ever run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+from PIL import Image, ImageOps
+
+from pipeline.io import read_bytes
+from vgg.preprocess import MAX_PIXELS, to_rgb
+
+log = logging.getLogger("pipeline.report")
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+.untrained{background:#fdd;border:2px solid #c00;padding:.5em 1em;font-weight:bold}
+dl.provenance{display:grid;grid-template-columns:max-content auto;gap:0 1em}dt{font-weight:bold}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(190px,1fr));gap:12px}
+figure{margin:0;border:1px solid #ddd;padding:6px}.uri{word-break:break-all;font-size:12px;color:#555}
+.thumb{display:block;margin:auto}.missing{height:96px;background:#eee;font-size:12px;padding:4px}
+ol.labels{margin:4px 0 0;padding-left:1.4em}.score{color:#666;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}
+.query{display:flex;gap:12px;align-items:flex-start;margin-bottom:12px}
+ol.neighbours{display:flex;gap:8px;list-style:none;padding:0;margin:0}ol.neighbours li{width:140px}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _match(pattern: str) -> list[str]:
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except (BeamIOError, OSError):
+        return []
+
+
+def read_rows(pattern: str, columns: list[str], limit: int) -> tuple[list[dict], int, dict[str, str]]:
+    """The first `limit` rows of the matched Parquet files, their total row count, and provenance."""
+    rows, total, provenance = [], 0, {}
+    for path in _match(pattern):
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            parquet = pq.ParquetFile(handle)
+            total += parquet.metadata.num_rows
+            meta = parquet.schema_arrow.metadata or {}
+            provenance = provenance or {
+                k.decode().removeprefix("vgg16."): v.decode() for k, v in meta.items()
+            }
+            for batch in parquet.iter_batches(1024, columns=columns):
+                if len(rows) >= limit:
+                    break
+                rows += batch.slice(0, limit - len(rows)).to_pylist()
+    return rows, total, provenance
+
+
+def thumbnail(uri: str, size: int = 128) -> tuple[str, int, int]:
+    """(JPEG data URI, width, height) of the image at `uri`, shrunk to fit size x size."""
+    with Image.open(io.BytesIO(read_bytes(uri, attempts=2))) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+        small = to_rgb(ImageOps.exif_transpose(img))
+        small.thumbnail((size, size))
+    buffer = io.BytesIO()
+    small.save(buffer, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *small.size
+
+
+class Thumbnails:
+    """img elements for URIs, each image read once; a failed read shows its reason instead."""
+
+    def __init__(self, size: int):
+        self.size, self._made = size, {}
+
+    def __call__(self, uri: str) -> str:
+        if uri not in self._made:
+            try:
+                src, width, height = thumbnail(uri, self.size)
+                self._made[uri] = (
+                    f'<img class="thumb" src="{src}" width="{width}" height="{height}" alt="{_esc(uri)}">'
+                )
+            except Exception as error:  # any unreadable image becomes a note, never a failed report
+                log.warning("no thumbnail for %s: %s", uri, error)
+                self._made[uri] = f'<div class="thumb missing">no thumbnail: {_esc(error)}</div>'
+        return self._made[uri]
+
+
+def _image(row: dict, thumbs: Thumbnails, top: int) -> str:
+    labels = "".join(
+        f'<li data-class-index="{int(item["class_index"])}"><span class="label">{_esc(item["label"])}</span> '
+        f'<span class="score">{item["score"]:.3f}</span></li>'
+        for item in row["labels"][:top]
+    )
+    return (
+        f'<figure class="image" data-image-id="{_esc(row["image_id"])}">{thumbs(row["uri"])}'
+        f'<figcaption><div class="uri">{_esc(row["uri"])}</div>'
+        f'<div class="size">{int(row["width"])}×{int(row["height"])}</div>'
+        f'<ol class="labels">{labels}</ol></figcaption></figure>'
+    )
+
+
+def _error(row: dict) -> str:
+    cells = "".join(
+        f'<td class="{key}">{_esc(row[key])}</td>' for key in ("uri", "stage", "error_type", "message")
+    )
+    return f'<tr class="error" data-image-id="{_esc(row["image_id"])}">{cells}</tr>'
+
+
+def _neighbours(index, rows: list[dict], thumbs: Thumbnails, queries: int, k: int) -> Iterator[str]:
+    for row in rows[:queries]:
+        try:
+            hits = [hit for hit in index.search_id(row["image_id"], k + 1) if hit.image_id != row["image_id"]]
+        except ValueError as error:  # not in this index
+            yield f'<p class="note">{_esc(row["uri"])}: {_esc(error)}</p>'
+            continue
+        items = "".join(
+            f'<li data-image-id="{_esc(h.image_id)}">{thumbs(h.uri)}<span class="score">{h.score:.3f}</span>'
+            f'<div class="uri">{_esc(h.uri)}</div></li>'
+            for h in hits[:k]
+        )
+        yield (
+            f'<div class="query" data-image-id="{_esc(row["image_id"])}"><figure>{thumbs(row["uri"])}'
+            f'<div class="uri">{_esc(row["uri"])}</div></figure><ol class="neighbours">{items}</ol></div>'
+        )
+
+
+def write_report(
+    predictions: str,
+    out: str,
+    *,
+    errors: str | None = None,
+    index: str | None = None,
+    max_images: int = 200,
+    max_errors: int = 1000,
+    queries: int = 4,
+    k: int = 5,
+    thumb_px: int = 128,
+) -> dict[str, int]:
+    """Writes the page to `out` (local path); returns the counts it shows."""
+    rows, total, provenance = read_rows(
+        predictions, ["image_id", "uri", "width", "height", "labels"], max_images
+    )
+    if not total and not _match(predictions):
+        raise ValueError(f"--predictions {predictions!r} matches no files; pass OUT/predictions-*.parquet.")
+    if errors is None and "predictions-" in predictions:  # the run's errors shards lie beside its predictions
+        head, _, tail = predictions.rpartition("predictions-")
+        errors = f"{head}errors-{tail}"
+    error_columns = ["image_id", "uri", "stage", "error_type", "message"]
+    error_rows, error_total, _ = read_rows(errors, error_columns, max_errors) if errors else ([], 0, {})
+    thumbs = Thumbnails(thumb_px)
+    body = [
+        f"<header><h1>VGG16 labels: {total} images labelled, {error_total} failed</h1>",
+        '<p class="untrained">UNTRAINED weights (synthesized random numbers): every label and neighbour '
+        "on this page is meaningless.</p>"
+        if provenance.get("weights_untrained") == "true"
+        else "",
+        '<dl class="provenance">',
+        *(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in sorted(provenance.items())),
+        "</dl></header>",
+        '<section id="images"><h2>Images</h2>',
+        f'<p class="count">Showing {len(rows)} of {total} labelled images.</p>',
+        '<div class="grid">',
+        *(_image(row, thumbs, 5) for row in rows),
+        "</div></section>",
+        f'<section id="errors"><h2>Errors</h2><p class="count">Showing {len(error_rows)} of {error_total} '
+        "failed inputs.</p><table><thead><tr><th>uri</th><th>stage</th><th>error_type</th><th>message</th>"
+        "</tr></thead><tbody>",
+        *(_error(row) for row in error_rows),
+        "</tbody></table></section>",
+    ]
+    if index is not None:
+        from pipeline.search import EmbeddingIndex  # faiss loads only when neighbours are asked for
+
+        loaded = EmbeddingIndex(index)
+        if provenance and loaded.provenance["weights_sha256"] != provenance.get("weights_sha256"):
+            raise ValueError(
+                f"the index {index} holds fc7 of weights sha256 {loaded.provenance['weights_sha256']}, "
+                f"not those of these predictions ({provenance.get('weights_sha256')}); pass the index "
+                "built from them."
+            )
+        body += [
+            '<section id="neighbours"><h2>Nearest neighbours</h2>',
+            f"<p>Cosine similarity of fc7; {_esc(loaded.info['kind'])} index "
+            f"{_esc(loaded.info['index_key'])} of {loaded.info['count']} images.</p>",
+            *_neighbours(loaded, rows, thumbs, queries, k),
+            "</section>",
+        ]
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>VGG16 labels: {total} images</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    return {"images": total, "shown": len(rows), "errors": error_total, "bytes": len(page.encode())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--predictions", required=True, help="pattern of predictions-*.parquet")
+    parser.add_argument("--errors", default=None, help="pattern of errors-*.parquet (default: beside them)")
+    parser.add_argument("--index", default=None, help="index directory from pipeline.index, for neighbours")
+    parser.add_argument("--out", required=True, help="HTML file to write")
+    parser.add_argument("--max_images", type=int, default=200, help="images in the grid")
+    parser.add_argument("--queries", type=int, default=4, help="images whose neighbours are shown")
+    parser.add_argument("--k", type=int, default=5, help="neighbours per query")
+    parser.add_argument("--thumb_px", type=int, default=128, help="thumbnail size")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        counts = write_report(
+            args.predictions,
+            args.out,
+            errors=args.errors,
+            index=args.index,
+            max_images=args.max_images,
+            queries=args.queries,
+            k=args.k,
+            thumb_px=args.thumb_px,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.out}: {counts['shown']} of {counts['images']} images, {counts['errors']} errors, "
+        f"{counts['bytes'] / 1024:.0f} KiB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Tests for pipeline.report, rendered by a real headless Chromium: the page shows what the Parquet says."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import report as report_module
+from pipeline.index import ArrayEmbeddings, build_index
+from pipeline.schema import errors_schema, predictions_schema
+from pipeline.search import EmbeddingIndex
+from tests.pipeline.test_index import HOSTILE_NAME, MAGENTA, METADATA, built_index, labelled_run
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+QUERIES, K = 7, 3
+
+
+class Node:
+    """An element of the DOM that Chromium dumps, with just enough to query it."""
+
+    def __init__(self, tag: str, attrs: dict[str, str | None]):
+        self.tag, self.attrs, self.children = tag, attrs, []
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def find_all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
+        found = []
+        for child in self.children:
+            if isinstance(child, Node):
+                classes = (child.attrs.get("class") or "").split()
+                if (tag is None or child.tag == tag) and (cls is None or cls in classes):
+                    found.append(child)
+                found += child.find_all(tag, cls)
+        return found
+
+    def find(self, tag: str | None = None, cls: str | None = None) -> Node:
+        (only,) = self.find_all(tag, cls)[:1]
+        return only
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = self._open = Node("#document", {})
+        self._stack = [self.root]
+
+    def handle_starttag(self, tag, attrs):
+        node = Node(tag, dict(attrs))
+        self._stack[-1].children.append(node)
+        if tag not in VOID:
+            self._stack.append(node)
+
+    def handle_endtag(self, tag):
+        for depth in range(len(self._stack) - 1, 0, -1):
+            if self._stack[depth].tag == tag:
+                del self._stack[depth:]
+                break
+
+    def handle_data(self, data):
+        self._stack[-1].children.append(data)
+
+
+def chromium(profile: pathlib.Path, *args: str) -> str:
+    """Runs headless Chromium from the system packages; fails (never skips) where it is missing."""
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(binary):
+        pytest.fail(
+            "Chromium is not installed (/usr/bin/chromium): `apt-get install chromium`. The report test "
+            "must render the page in a real browser, so it fails rather than skips."
+        )
+    command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def rendered_dom(page: pathlib.Path, profile: pathlib.Path) -> Node:
+    builder = _TreeBuilder()
+    builder.feed(chromium(profile, "--dump-dom", page.as_uri()))
+    return builder.root
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, npz_path):
+    return labelled_run(tmp_path_factory, npz_path), built_index(tmp_path_factory, npz_path)
+
+
+@pytest.fixture(scope="module")
+def page(run, tmp_path_factory) -> pathlib.Path:
+    out, index = run
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    argv = ["--predictions", f"{out}/predictions-*.parquet", "--index", str(index), "--out", str(path)]
+    assert report_module.main([*argv, "--queries", str(QUERIES), "--k", str(K)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def dom(page, tmp_path_factory) -> Node:
+    return rendered_dom(page, tmp_path_factory.mktemp("profile"))
+
+
+def read(out: pathlib.Path, prefix: str) -> list[dict]:
+    return pq.read_table(sorted(out.glob(f"{prefix}-*.parquet"))).to_pylist()
+
+
+def test_grid_shows_every_image_with_its_top5_labels(run, dom):
+    rows = read(run[0], "predictions")
+    figures = {f.attrs["data-image-id"]: f for f in dom.find_all("figure", "image")}
+    assert sorted(figures) == sorted(row["image_id"] for row in rows)  # all 7 labelled images
+    for row in rows:
+        figure = figures[row["image_id"]]
+        assert figure.find("div", "uri").text() == row["uri"]
+        assert figure.find("div", "size").text() == f"{row['width']}×{row['height']}"
+        shown = [
+            (li.find("span", "label").text(), li.find("span", "score").text()) for li in figure.find_all("li")
+        ]
+        assert shown == [(label["label"], f"{label['score']:.3f}") for label in row["labels"][:5]]
+        assert figure.find("img", "thumb").attrs["src"].startswith("data:image/jpeg;base64,")
+    assert dom.find("p", "count").text() == f"Showing {len(rows)} of {len(rows)} labelled images."
+
+
+def test_errors_table_shows_every_error_row_as_text(run, dom):
+    rows = read(run[0], "errors")
+    assert [row["uri"].rsplit("/", 1)[1] for row in rows] == [HOSTILE_NAME]  # the one file that failed
+    shown = [
+        {key: tr.find("td", key).text() for key in ("uri", "stage", "error_type", "message")}
+        for tr in dom.find_all("tr", "error")
+    ]
+    assert shown == [{key: row[key] for key in ("uri", "stage", "error_type", "message")} for row in rows]
+    # The hostile file name is text on the page, not an element: no <img src=x>, no onerror.
+    assert all(img.attrs["src"].startswith("data:image/jpeg;base64,") for img in dom.find_all("img"))
+    assert not [n for n in dom.find_all() if any(a.startswith("on") for a in n.attrs)]
+
+
+def test_neighbours_are_the_index_results(run, dom):
+    index = EmbeddingIndex(str(run[1]))
+    queries = dom.find_all("div", "query")
+    assert len(queries) == QUERIES
+    for query in queries:
+        image_id = query.attrs["data-image-id"]
+        expected = [h for h in index.search_id(image_id, K + 1) if h.image_id != image_id][:K]
+        items = query.find("ol", "neighbours").find_all("li")
+        assert [li.attrs["data-image-id"] for li in items] == [h.image_id for h in expected]
+        assert [li.find("span", "score").text() for li in items] == [f"{h.score:.3f}" for h in expected]
+        assert [li.find("div", "uri").text() for li in items] == [h.uri for h in expected]
+
+
+def test_untrained_weights_are_announced(dom):
+    assert "UNTRAINED weights" in dom.find("p", "untrained").text()  # conftest's synthesized weights
+
+
+def test_thumbnails_are_drawn_by_the_browser(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path / "profile", "--window-size=1280,4000", f"--screenshot={shot}", page.as_uri())
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    near = np.all(np.abs(pixels - np.array(MAGENTA)) <= 40, axis=2).sum()
+    # magenta.png (300x200) is thumbnailed to 128x85 = 10,880 px; it appears in the grid and
+    # again in the neighbours section, and no sample photo holds this magenta. Allow JPEG edges.
+    assert near >= 10_000, near
+
+
+def test_hostile_text_is_shown_as_text(tmp_path):
+    uri = 'javascript:alert(1)"><script>alert(2)</script>'
+    label = "<b>bold</b> & <i>co</i>"
+    message = "<img src=x onerror=alert(3)> broke"
+    meta = METADATA | {"weights_untrained": "false"}
+    labels = [{"class_index": 7, "wnid": "n0", "label": label, "score": 0.5}]
+    row = {"image_id": "h1", "uri": uri, "width": 1, "height": 2, "labels": labels}
+    pq.write_table(
+        pa.Table.from_pylist([row], schema=predictions_schema(embeddings=False, metadata=meta)),
+        tmp_path / "predictions-00000-of-00001.parquet",
+    )
+    error = {"image_id": "h2", "uri": uri, "stage": "decode", "error_type": "corrupt", "message": message}
+    pq.write_table(
+        pa.Table.from_pylist([error], schema=errors_schema(metadata=meta)),
+        tmp_path / "errors-00000-of-00001.parquet",
+    )
+    page = tmp_path / "hostile.html"
+    report_module.write_report(f"{tmp_path}/predictions-*.parquet", str(page))
+    dom = rendered_dom(page, tmp_path / "profile")
+    figure = dom.find("figure", "image")
+    assert figure.find("div", "uri").text() == uri
+    assert figure.find("span", "label").text() == label
+    assert "no thumbnail" in figure.find("div", "missing").text()  # the URI is not a readable file
+    assert dom.find("td", "message").text() == message
+    # Nothing the data said became markup, and trained weights get no warning banner.
+    assert not dom.find_all("script") and not dom.find_all("b") and not dom.find_all("i")
+    assert not dom.find_all("img") and not dom.find_all("p", "untrained")
+    csp = [m.attrs["content"] for m in dom.find_all("meta") if m.attrs.get("http-equiv")]
+    assert csp == [report_module.CSP]
+
+
+def test_refuses_an_index_built_from_other_weights(run, tmp_path):
+    vectors = np.ones((2, 4096), np.float32)
+    build_index(ArrayEmbeddings(vectors, ["a", "b"], ["a", "b"]), str(tmp_path / "i"), provenance=METADATA)
+    with pytest.raises(ValueError, match="pass the index built from them"):
+        report_module.write_report(
+            f"{run[0]}/predictions-*.parquet", str(tmp_path / "r.html"), index=str(tmp_path / "i")
+        )
