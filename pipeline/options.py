@@ -81,6 +81,13 @@ class VGGOptions(PipelineOptions):
             "decode-bound GPU runs)",
         )
         group.add_argument(
+            "--decode_threads",
+            type=int,
+            default=1,
+            help="decoder threads per worker thread (each with its own child process when "
+            "isolated); they decode ahead while the model runs, so decoding overlaps inference",
+        )
+        group.add_argument(
             "--decode_timeout_s",
             type=float,
             default=60.0,
@@ -208,6 +215,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError(
             "--retry_errors only applies with --resume (a run without --resume relabels everything)."
         )
+    if args.decode_threads < 1:
+        raise ConfigError(f"--decode_threads must be at least 1. Received: {args.decode_threads}")
     if args.decode_timeout_s < 0:
         raise ConfigError(f"--decode_timeout_s must be >= 0 (0: no limit). Received: {args.decode_timeout_s}")
     if args.max_input_bytes < 1:

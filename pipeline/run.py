@@ -125,6 +125,8 @@ def build_pipeline(
         decode_isolation=args.decode_isolation,
         decode_timeout_s=args.decode_timeout_s or None,
         decode=decode or decode_image,
+        decode_threads=args.decode_threads,
+        decode_prefetch=2 * args.batch_size,
     )
     errors = out["errors"]
     if carried:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -9,6 +11,9 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.io import ReadError, image_id, read_bytes
 from pipeline.model_handler import VGG16ModelHandler
@@ -60,9 +65,14 @@ class DecodeImage(beam.DoFn):
 
     Only the compact preprocessed array travels on to the model; bad images become
     errors rows with the decoder's error_type. With isolation="subprocess" (the
-    default) decoding runs in a child process per DoFn instance (pipeline.sandbox), so
-    a crash in Pillow's native code, or a decode running past timeout_s, becomes one
-    errors row ("crashed", "timeout") instead of killing the worker.
+    default) decoding runs in child processes (pipeline.sandbox), so a crash in
+    Pillow's native code, or a decode running past timeout_s, becomes one errors row
+    ("crashed", "timeout") instead of killing the worker.
+
+    Decoding runs ahead of the model: up to `prefetch` images are handed to `threads`
+    decoder threads (each with its own child process when isolated) while the model is
+    busy with the previous batch, so decode CPU overlaps inference instead of adding to
+    it. Outputs keep the input order; what is still in flight leaves in finish_bundle.
     """
 
     def __init__(
@@ -72,58 +82,97 @@ class DecodeImage(beam.DoFn):
         isolation: str = "subprocess",
         timeout_s: float | None = DECODE_TIMEOUT_S,
         decode=decode_image,
+        threads: int = 1,
+        prefetch: int = 32,
     ):
         if isolation not in ISOLATION_MODES:
             raise ValueError(f"isolation must be one of {ISOLATION_MODES}. Received: isolation={isolation!r}")
+        if threads < 1 or prefetch < 0:
+            raise ValueError(f"threads must be >= 1 and prefetch >= 0. Received: {threads=}, {prefetch=}")
         self._resize = resize
         self._isolation = isolation
         self._timeout_s = timeout_s or None
         self._decode_fn = decode
-        self._decoder = None
+        self._threads = threads
+        self._prefetch = prefetch
+        self._pool = None
         self._failed = _failed("decode")
         self._crashes = Metrics.counter(NAMESPACE, "decoder_crashes")
         self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
 
     def setup(self):
-        if self._isolation == "subprocess":
-            self._decoder = IsolatedDecoder(self._decode_fn, timeout_s=self._timeout_s)
-        else:
-            self._decoder = self._decode_fn
+        self._local = threading.local()
+        self._decoders: list[IsolatedDecoder] = []
+        self._decoders_lock = threading.Lock()
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
+        self._pending: collections.deque = collections.deque()
 
     def teardown(self):
-        if isinstance(self._decoder, IsolatedDecoder):
-            self._decoder.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for decoder in self._decoders:
+            decoder.close()
 
-    def process(self, element):
+    def _decoder(self):
+        """This thread's decoder: its own child process when isolated."""
+        if self._isolation == "none":
+            return self._decode_fn
+        decoder = getattr(self._local, "decoder", None)
+        if decoder is None:
+            decoder = self._local.decoder = IsolatedDecoder(self._decode_fn, timeout_s=self._timeout_s)
+            with self._decoders_lock:
+                self._decoders.append(decoder)
+        return decoder
+
+    def _decode_one(self, element):
+        """Runs on a decoder thread; returns a plain result (Beam metrics belong to the DoFn's thread)."""
         key, uri, data = element
-        if self._decoder is None:  # setup() not called (a DoFn used outside Beam)
-            self.setup()
         start = time.perf_counter()
         try:
-            image = self._decoder(data, resize=self._resize)
+            image = self._decoder()(data, resize=self._resize)
         except ImageError as error:
-            self._failed.inc()
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(key, uri, "decode", error.error_type, str(error))
-            )
-            return
+            return "error", error_row(key, uri, "decode", error.error_type, str(error)), None
         except DecoderCrashed as error:
-            self._failed.inc()
-            self._crashes.inc()
-            log.warning("decoder %s on %s: %s", error.error_type, uri, error)
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(key, uri, "decode", error.error_type, f"{error.error_type}: {error}")
-            )
-            return
+            row = error_row(key, uri, "decode", error.error_type, f"{error.error_type}: {error}")
+            return "crashed", row, f"decoder {error.error_type} on {uri}: {error}"
         except Exception as error:  # a decoder bug on one file must not fail the job
-            self._failed.inc()
-            message = (
-                f"{type(error).__name__}: {error}" if not isinstance(error, DecodeFailed) else str(error)
-            )
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "decode", "decode_error", message))
-            return
-        self._decode_ms.update(int((time.perf_counter() - start) * 1000))
-        yield (key, uri, image.width, image.height), image.pixels
+            message = str(error) if isinstance(error, DecodeFailed) else f"{type(error).__name__}: {error}"
+            return "error", error_row(key, uri, "decode", "decode_error", message), None
+        elapsed_ms = int((time.perf_counter() - start) * 1000)
+        return "ok", ((key, uri, image.width, image.height), image.pixels), elapsed_ms
+
+    def _outputs(self, result):
+        kind, payload, extra = result
+        if kind == "ok":
+            self._decode_ms.update(extra)
+            return payload
+        self._failed.inc()
+        if kind == "crashed":
+            self._crashes.inc()
+            log.warning(extra)
+        return beam.pvalue.TaggedOutput(ERRORS, payload)
+
+    def process(self, element):
+        if self._pool is None:  # setup() not called (a DoFn used outside Beam)
+            self.setup()
+        self._pending.append(self._pool.submit(self._decode_one, element))
+        while len(self._pending) > self._prefetch:
+            yield self._outputs(self._pending.popleft().result())
+
+    def finish_bundle(self):
+        while self._pending:
+            output = self._outputs(self._pending.popleft().result())
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+            else:
+                yield _in_global_window(output)
+
+
+def _in_global_window(value) -> WindowedValue:
+    # finish_bundle must say where its outputs belong; this job is a batch job in the
+    # global window, where everything Decode receives lives.
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 class _Progress:
@@ -189,6 +238,8 @@ class LabelImages(beam.PTransform):
         decode_isolation: str = "subprocess",
         decode_timeout_s: float | None = DECODE_TIMEOUT_S,
         decode=decode_image,
+        decode_threads: int = 1,
+        decode_prefetch: int = 32,
     ):
         super().__init__()
         self._handler = handler
@@ -197,7 +248,12 @@ class LabelImages(beam.PTransform):
         self._embeddings = embeddings
         self._reader = reader
         self._decode = DecodeImage(
-            resize, isolation=decode_isolation, timeout_s=decode_timeout_s, decode=decode
+            resize,
+            isolation=decode_isolation,
+            timeout_s=decode_timeout_s,
+            decode=decode,
+            threads=decode_threads,
+            prefetch=decode_prefetch,
         )
 
     def expand(self, uris):
