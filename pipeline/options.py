@@ -39,7 +39,13 @@ class VGGOptions(PipelineOptions):
         group.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute precision")
         group.add_argument("--jit", action="store_true", default=False, help="compile the model with XLA")
         group.add_argument("--batch_size", type=int, default=16, help="largest inference batch")
-        group.add_argument("--min_batch_size", type=int, default=1, help="smallest inference batch")
+        group.add_argument(
+            "--min_batch_size",
+            type=int,
+            default=None,
+            help="smallest inference batch (default: --batch_size, i.e. full batches; batches "
+            "from 1 upwards cost ~8%% of throughput on CPU while Beam's batcher adapts)",
+        )
         group.add_argument(
             "--share_model",
             action="store_true",
@@ -204,6 +210,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("no weights: pass --weights FILE (npz or Keras h5) or --weights imagenet.")
     if not 1 <= args.top_k <= 1000:
         raise ConfigError(f"--top_k must be between 1 and 1000. Received: {args.top_k}")
+    if args.min_batch_size is None:
+        args.min_batch_size = args.batch_size
     if not 1 <= args.min_batch_size <= args.batch_size:
         raise ConfigError(
             "--min_batch_size must be between 1 and --batch_size. "

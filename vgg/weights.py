@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import math
@@ -80,6 +81,18 @@ class WeightsInfo:
 
 
 def sha256_file(path: str) -> str:
+    """SHA-256 of a file, remembered per (path, inode, size, mtime) for this process.
+
+    A local job's launcher and its in-process worker both check the same 528 MB file;
+    the second check then costs a stat instead of 0.6 s. Any change to the file changes
+    its size or mtime and so hashes it again.
+    """
+    stat = os.stat(path)
+    return _sha256_cached(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 22), b""):

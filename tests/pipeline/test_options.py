@@ -22,6 +22,7 @@ def test_defaults_and_beam_passthrough():
         False,
         16,
     )
+    assert args.min_batch_size == 16  # full batches unless asked otherwise
     assert args.input == ["a/*.jpg"]
     assert beam_args == ["--runner=DirectRunner", "--direct_num_workers=2"]
 
