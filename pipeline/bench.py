@@ -127,7 +127,7 @@ def bench_model(weights: str, batch_sizes: list[int], precision: str, seconds: f
 
 
 def timed_job(argv: list[str]) -> tuple[float, float]:
-    """Runs a command; returns (wall seconds, peak RSS in GB of the process)."""
+    """Runs a command; returns (wall seconds, peak RSS of the process in GiB)."""
     start = time.perf_counter()
     process = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
@@ -163,7 +163,7 @@ def steady(job, small: str, large: str, n_small: int, n_large: int, out: str) ->
         "wall_large_s": wall_large,
         "steady_images_per_s": rate,
         "startup_s": max(wall_small - n_small / rate, 0.0),
-        "peak_rss_gb": max(rss_small, rss_large),
+        "peak_rss_gib": max(rss_small, rss_large),
     }
 
 
