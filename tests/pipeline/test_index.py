@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import faiss
 import numpy as np
@@ -21,6 +19,7 @@ from pipeline.index import ParquetEmbeddings, build_index, choose_index, fit_pca
 from pipeline.schema import predictions_schema
 from pipeline.search import EmbeddingIndex
 from tests.conftest import SAMPLES
+from tests.pipeline.jobs import run_job
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"  # a legal file name that is also HTML
 MAGENTA = (255, 0, 255)  # a colour no sample photo holds: easy to count on a screenshot
@@ -52,18 +51,7 @@ def labelled_run(tmp_path_factory, npz_path: str) -> pathlib.Path:
                 shutil.copy(photo, inputs / photo.name)
         Image.new("RGB", (300, 200), MAGENTA).save(inputs / "magenta.png")
         (inputs / HOSTILE_NAME).write_text("not an image <b>at all</b>")
-        command = [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            "--input",
-            f"{inputs}/*",
-            "--output",
-            str(root / "out"),
-        ]
-        command += ["--weights", npz_path, "--embeddings"]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        run_job("--input", f"{inputs}/*", "--output", root / "out", "--weights", npz_path, "--embeddings")
         _RUNS["out"] = root / "out"
     return _RUNS["out"]
 

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import image_id
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import SAMPLES
+from tests.pipeline.jobs import run_job
 
 PHOTOS = {"astronaut.jpg": (512, 512), "chelsea.png": (451, 300), "coffee.jpg": (600, 400)}
 BROKEN = "broken.jpg"  # text with a .jpg name
@@ -34,18 +35,6 @@ def photo_dir(tmp_path_factory):
         (folder / name).write_bytes((SAMPLES / name).read_bytes())
     (folder / BROKEN).write_text("not a photo\n")
     return folder
-
-
-def run_job(*args) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
 
 
 def free_port() -> int:

@@ -14,8 +14,6 @@ import operator
 import os
 import pickle
 import shutil
-import subprocess
-import sys
 
 import apache_beam as beam
 import numpy as np
@@ -31,9 +29,10 @@ from pipeline.io import ReadError, image_id, read_bytes
 from pipeline.options import ConfigError
 from pipeline.schema import ERROR_TYPES
 from pipeline.transforms import LabelImages
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import SAMPLES
 from tests.pipeline.fakes import FakeHandler
 from tests.pipeline.faults import CRASH, HANG, FaultyFileSystem, crashing_decode, faulty
+from tests.pipeline.jobs import run_job
 
 FAST_RETRIES = functools.partial(read_bytes, backoff_s=0.01)
 
@@ -140,27 +139,17 @@ def test_corpus_real_job_with_bundle_repeat(corpus, tmp_path, npz_path):
     if can_chmod:
         os.chmod(folder / "unreadable.jpg", 0)
     out = tmp_path / "out"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            "--input",
-            f"{folder}/*",
-            "--output",
-            out,
-            "--weights",
-            npz_path,
-            "--batch_size",
-            "8",
-            "--direct_runner_bundle_repeat=2",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_job(
+        "--input",
+        f"{folder}/*",
+        "--output",
+        out,
+        "--weights",
+        npz_path,
+        "--batch_size",
+        "8",
+        "--direct_runner_bundle_repeat=2",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     predictions, errors = check_outcomes(out, folder, expected)
     ok, failed = counts(expected)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from pipeline.io import image_id
 from tests.conftest import REPO, SAMPLES
+from tests.pipeline.jobs import run_job
 
 GOOD = {  # file name -> how it is made from a bundled photo
     "cat.png": ("chelsea.png", "PNG"),
@@ -51,19 +52,6 @@ def photo_dir(tmp_path_factory):
     data = (SAMPLES / "coffee.jpg").read_bytes()
     (folder / "half.jpg").write_bytes(data[: len(data) // 2])
     return folder
-
-
-def run_job(*args, check=True):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline.run", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 def read_table(folder, name):

@@ -23,6 +23,7 @@ import pytest
 
 from pipeline.io import image_id
 from tests.conftest import REPO, SAMPLES
+from tests.pipeline.jobs import run_job
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -92,29 +93,19 @@ def objects(client, prefix):
 
 @pytest.fixture(scope="module")
 def s3_run(s3, npz_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.run",
-            "--input",
-            f"s3://{BUCKET}/imgs/*",
-            "--output",
-            f"s3://{BUCKET}/out",
-            "--weights",
-            npz_path,
-            "--s3_endpoint_url",
-            s3["endpoint"],
-            "--decode_isolation",
-            "none",
-        ],
-        cwd=REPO,
+    done = run_job(
+        "--input",
+        f"s3://{BUCKET}/imgs/*",
+        "--output",
+        f"s3://{BUCKET}/out",
+        "--weights",
+        npz_path,
+        "--s3_endpoint_url",
+        s3["endpoint"],
+        "--decode_isolation",
+        "none",
         env=s3["env"],
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
