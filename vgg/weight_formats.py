@@ -247,20 +247,6 @@ def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2"
                 group.create_dataset(weight_name, data=value)
 
 
-def h5_shapes(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Our layer name -> (kernel shape, bias shape) of an h5, without reading the data."""
-    try:
-        with h5py.File(source, "r") as root:
-            return {
-                KERAS_NAMES.get(layer, layer): tuple(tuple(d.shape) for d in datasets)
-                for layer, datasets in _h5_arrays(root, name)
-            }
-    except WeightsError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
-
-
 # ------------------------------------------------------------------------- checks
 
 

@@ -31,7 +31,6 @@ from vgg.weight_formats import (
     Weights,
     WeightsError,
     check_weights,
-    h5_shapes,
     iter_h5,
     iter_npz,
     npz_headers,
@@ -159,29 +158,23 @@ def _is_untrained(path: str, fmt: str) -> bool:
 def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
     """Checks a weights file without loading its data: format, keys, shapes, optional hash.
 
-    Cheap enough for a job launcher: reads headers only (plus one pass for the sha256).
+    Cheap enough for a job launcher: reads headers, the first layer (7 KB) and one pass for
+    the sha256.
 
     Raises:
       WeightsError: naming the file and what is wrong with it.
     """
     path, fmt, digest = _open_checked(source, sha256)
-    if fmt == "npz":
-        headers = npz_headers(path, path)
-        headers.pop(UNTRAINED_MARK, None)
-        expected = {f"{layer}_{part}" for layer in LAYER_NAMES for part in "Wb"}
-        missing, unexpected = sorted(expected - set(headers)), sorted(set(headers) - expected)
-        if missing or unexpected:
-            read_npz(path, path)  # raises the precise error
-        for key, (shape, dtype) in headers.items():
-            layer, part = key.rsplit("_", 1)
-            want = WEIGHT_SHAPES[layer][0 if part == "W" else 1]
-            if dtype.hasobject or shape != want:
-                read_npz(path, path)
-    else:
-        shapes = h5_shapes(path, path)
-        if {k: tuple(v) for k, v in shapes.items()} != {k: tuple(v) for k, v in WEIGHT_SHAPES.items()}:
-            read_h5(path, path)  # raises the precise error
+    layers = _layers(path, fmt)
+    try:
+        next(layers)  # every key, shape and dtype is checked before the first (small) layer
+    finally:
+        layers.close()
     return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+
+
+def _layers(path: str, fmt: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    return iter_npz(path, path) if fmt == "npz" else iter_h5(path, path)
 
 
 def read_weights(source: str, *, sha256: str | None = None) -> tuple[Weights, WeightsInfo]:
@@ -214,7 +207,7 @@ def stream_weights(
     and not halfway through building a model.
     """
     path, fmt, digest = _open_checked(source, sha256)
-    layers = iter_npz(path, path) if fmt == "npz" else iter_h5(path, path)
+    layers = _layers(path, fmt)
     first = next(layers)  # runs the generator's checks now
     info = WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
     return itertools.chain([first], layers), info
