@@ -67,7 +67,7 @@ class Predictor:
     concurrent calls of one graph safely), so a worker holds one copy of the weights.
 
     Args:
-      weights: a weights source for `vgg.weights.load_weights` (path or "imagenet").
+      weights: a weights file (npz or Keras h5) or "imagenet", as `vgg.model.load_vgg16` takes.
       precision: "float32" (default), "bfloat16" or "float16".
       sha256: optional expected sha256 of the weights file.
       jit: compile with XLA.
