@@ -6,9 +6,22 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline.io import stage_weights
+
+if getattr(_beam_inference, "resource", None) is None:
+    # Beam imports the stdlib `resource` in the same try-block as its ModelManager, which
+    # needs torch; without torch it drops `resource` too, loses RunInference's model
+    # memory metric and logs "Resource module is not available for current platform"
+    # on every model load. The module is there on every POSIX system: give it back.
+    try:
+        import resource as _resource
+
+        _beam_inference.resource = _resource
+    except ImportError:  # Windows: Beam's own fallback applies
+        pass
 
 
 class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):

@@ -143,3 +143,15 @@ def test_labels_are_top_k_in_descending_order():
         (7, "n01514668", "cock"),
     ]
     assert [x["score"] for x in row["labels"]] == [0.5, pytest.approx(0.2), pytest.approx(0.2)]
+
+
+def test_beam_keeps_its_memory_metric_without_torch():
+    # pipeline.model_handler restores the stdlib `resource` that Beam drops when torch
+    # is missing, so RunInference reports the model's memory instead of a bogus warning.
+    import resource
+
+    from apache_beam.ml.inference import base
+
+    import pipeline.model_handler  # noqa: F401
+
+    assert base.resource is resource
