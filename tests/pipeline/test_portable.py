@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from pipeline.io import image_id
 from tests.conftest import SAMPLES
 from tests.pipeline.jobs import run_job
+from tests.pipeline.servers import free_port, listening
 
 PHOTOS = {"astronaut.jpg": (512, 512), "chelsea.png": (451, 300), "coffee.jpg": (600, 400)}
 BROKEN = "broken.jpg"  # text with a .jpg name
@@ -35,17 +35,6 @@ def photo_dir(tmp_path_factory):
         (folder / name).write_bytes((SAMPLES / name).read_bytes())
     (folder / BROKEN).write_text("not a photo\n")
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def start_service(command: list[str], log_path, cwd) -> subprocess.Popen:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +21,7 @@ from PIL import Image
 from pipeline.io import image_id
 from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
+from tests.pipeline.servers import free_port, wait_listening
 
 GOOD = {  # file name -> how it is made from a bundled photo
     "cat.png": ("chelsea.png", "PNG"),
@@ -182,12 +181,6 @@ def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path):
     assert_same_rows(direct_run[0], tmp_path)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def job_service():
     port = free_port()
@@ -197,14 +190,7 @@ def job_service():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("Beam's local job service did not start listening within 60 s")
+        wait_listening(port, timeout_s=60, what="Beam's local job service")
         yield f"127.0.0.1:{port}"
     finally:
         process.kill()

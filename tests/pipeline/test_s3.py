@@ -13,29 +13,21 @@ from __future__ import annotations
 import io
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 
+import boto3  # test extras: a missing one must fail here, not skip the round trip
+import moto.server as moto_server
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import image_id
 from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
-
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+from tests.pipeline.servers import free_port, wait_listening
 
 BUCKET = "photos"
 PHOTOS = ("coffee.jpg", "chelsea.png", "rocket.jpg")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +37,11 @@ def s3():
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    else:
+    try:
+        wait_listening(port, timeout_s=30, what="moto's S3 server")
+    except BaseException:  # pytest.fail raises an OutcomeException, not an Exception
         server.stop()
-        pytest.fail("moto's S3 server did not listen within 30 s")
+        raise
     # Fresh random credentials: any occurrence of them in an output is a leak.
     creds = {
         "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),

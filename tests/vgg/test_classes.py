@@ -232,7 +232,6 @@ def test_decode_predictions_matches_keras(tmp_path):
     (checked against the pinned md5) keeps it offline. A subprocess because
     KERAS_HOME is read once, when keras is imported.
     """
-    pytest.importorskip("keras")
     models = tmp_path / "models"
     models.mkdir()
     text = json.dumps(_packaged_json())
