@@ -6,54 +6,57 @@ from collections.abc import Iterable
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from vgg.architecture import CONV_BLOCKS, FC7_DIM, IMAGE_SIZE, IMAGENET_MEAN_RGB, NUM_CLASSES
+from vgg.weight_formats import RowBlocks
 from vgg.weights import WeightsInfo, stream_weights
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 INPUT_DTYPES = ("uint8", "float32")
 
 
-class _LayerStream:
-    """Hands (layer, kernel, bias) from a weights iterator to the layers as Keras builds them.
+# Blocks of this size are copied into a variable at a time: 16 MB keeps the file's side of
+# loading small next to the 528 MB of variables, and the copies no slower than whole arrays.
+BLOCK_BYTES = 16 * 2**20
 
-    Keras builds layers in order and each one's kernel before its bias, so the variables
-    are created straight from the file's arrays: no zero or random values first, and
-    only one layer's arrays in memory at a time (peak RSS 1.8 GB instead of 2.8 GB).
+
+Layers = Iterable[tuple[str, np.ndarray | RowBlocks, np.ndarray]]
+
+
+def fill_weights(model: keras.Model, layers: Layers) -> None:
+    """Copies (layer, kernel, bias) into the model's variables in place, by layer name.
+
+    Kernels may be `RowBlocks` (as `iter_npz(..., block_bytes=...)` yields fc6), so that
+    loading holds the variables plus one block, not the variables plus whole arrays and
+    their tensor copies (peak RSS 1.92 GiB before, see README "Memory").
     """
-
-    def __init__(self, layers: Iterable[tuple[str, np.ndarray, np.ndarray]]):
-        self._layers = iter(layers)
-        self._bias: tuple[str, np.ndarray] | None = None
-
-    def initializers(self, name: str) -> dict:
-        return {
-            "kernel_initializer": _FromStream(self, name, "kernel"),
-            "bias_initializer": _FromStream(self, name, "bias"),
-        }
-
-    def take(self, name: str, part: str) -> np.ndarray:
-        if part == "kernel":
-            layer, kernel, bias = next(self._layers)
-            if layer != name:
-                raise ValueError(f"weights arrived for layer {layer!r} while building {name!r}")
-            self._bias = (name, bias)
-            return kernel
-        pending, self._bias = self._bias, None
-        if pending is None or pending[0] != name:
-            raise ValueError(f"no bias pending for layer {name!r}")
-        return pending[1]
+    for name, kernel, bias in layers:
+        layer = model.get_layer(name)
+        for variable, value in ((layer.kernel, kernel), (layer.bias, bias)):
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"{name}: weights of shape {tuple(value.shape)}, layer needs {tuple(variable.shape)}"
+                )
+            blocks = value if isinstance(value, RowBlocks) else [(0, value)]
+            for start, block in blocks:
+                _assign_rows(variable, start, block)
+            # A slice assignment leaves the variable in TensorFlow's copy-on-read mode, in
+            # which every read copies the whole buffer (fc6: 411 MB per forward pass).
+            tf.raw_ops.DisableCopyOnRead(resource=variable.value.handle)
 
 
-class _FromStream(keras.initializers.Initializer):
-    def __init__(self, stream: _LayerStream, name: str, part: str):
-        self._stream, self._name, self._part = stream, name, part
-
-    def __call__(self, shape, dtype=None):
-        value = self._stream.take(self._name, self._part)
-        if tuple(value.shape) != tuple(shape):
-            raise ValueError(f"{self._name} {self._part}: shape {value.shape}, layer needs {tuple(shape)}")
-        return keras.ops.convert_to_tensor(value, dtype=dtype)
+def _assign_rows(variable: keras.Variable, start: int, block: np.ndarray) -> None:
+    # Writes into the variable's own buffer. `variable[a:b].assign` would first read the
+    # variable, and that read makes TensorFlow copy the whole buffer before writing.
+    stop = [start + len(block), *variable.shape[1:]]
+    tf.raw_ops.ResourceStridedSliceAssign(
+        ref=variable.value.handle,
+        begin=[start] + [0] * (len(stop) - 1),
+        end=stop,
+        strides=[1] * len(stop),
+        value=tf.convert_to_tensor(block, dtype=variable.dtype),
+    )
 
 
 @keras.saving.register_keras_serializable(package="vgg")
@@ -80,7 +83,7 @@ def build_vgg16(
     *,
     precision: str = "float32",
     input_dtype: str = "uint8",
-    weights: Iterable[tuple[str, np.ndarray, np.ndarray]] | None = None,
+    weights: Layers | None = None,
 ) -> keras.Model:
     """Builds VGG16, with weights from `weights` or all zeros (see `load_vgg16` for files).
 
@@ -91,8 +94,10 @@ def build_vgg16(
       input_dtype: "uint8" (4x less data to move to a GPU than float32) or
         "float32" for float pixels in 0..255. Keras casts whatever it is given to
         this dtype, so float pixels need a float32 model.
-      weights: (layer, kernel, bias) in `LAYER_NAMES` order, as `vgg.weight_formats`'
-        iter_npz / iter_h5 yield them; None for zeros.
+      weights: (layer, kernel, bias), as `vgg.weight_formats`' iter_npz / iter_h5
+        yield them; None for zeros. The variables are created as zeros (TensorFlow
+        adopts the zeros tensor, so that costs no copy) and the weights are then
+        copied into them in place (`fill_weights`).
 
     Returns:
       A functional model mapping (N, 224, 224, 3) RGB pixels to
@@ -104,31 +109,31 @@ def build_vgg16(
         raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}. Received: input_dtype={input_dtype!r}")
     policy = keras.DTypePolicy(PRECISIONS[precision])
     layers = keras.layers
-    if weights is None:
-        init = lambda name: {"kernel_initializer": "zeros", "bias_initializer": "zeros"}  # noqa: E731
-    else:
-        init = _LayerStream(weights).initializers
+    zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
 
     images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=input_dtype, name="images")
     x = Preprocess(name="preprocess", dtype=policy)(images)
     for index, block in enumerate(CONV_BLOCKS, start=1):
         for name, filters in block:
             x = layers.Conv2D(
-                filters, 3, padding="same", activation="relu", name=name, dtype=policy, **init(name)
+                filters, 3, padding="same", activation="relu", name=name, dtype=policy, **zeros
             )(x)
         x = layers.MaxPooling2D(2, strides=2, name=f"pool{index}", dtype=policy)(x)
     x = layers.Flatten(name="flatten", dtype=policy)(x)
-    x = layers.Dense(4096, activation="relu", name="fc6", dtype=policy, **init("fc6"))(x)
-    fc7 = layers.Dense(FC7_DIM, activation="relu", name="fc7", dtype=policy, **init("fc7"))(x)
-    logits = layers.Dense(NUM_CLASSES, name="fc8", dtype=policy, **init("fc8"))(fc7)
+    x = layers.Dense(4096, activation="relu", name="fc6", dtype=policy, **zeros)(x)
+    fc7 = layers.Dense(FC7_DIM, activation="relu", name="fc7", dtype=policy, **zeros)(x)
+    logits = layers.Dense(NUM_CLASSES, name="fc8", dtype=policy, **zeros)(fc7)
     probs = layers.Activation("softmax", name="prob", dtype="float32")(logits)
     fc7_out = layers.Activation("linear", name="fc7_float32", dtype="float32")(fc7)
-    return keras.Model(images, {"probs": probs, "fc7": fc7_out}, name="vgg16")
+    model = keras.Model(images, {"probs": probs, "fc7": fc7_out}, name="vgg16")
+    if weights is not None:
+        fill_weights(model, weights)
+    return model
 
 
 def load_vgg16(
     source: str, *, sha256: str | None = None, precision: str = "float32", input_dtype: str = "uint8"
 ) -> tuple[keras.Model, WeightsInfo]:
     """Builds VGG16 straight from a weights file (path or "imagenet"), checked in full first."""
-    layers, info = stream_weights(source, sha256=sha256)
+    layers, info = stream_weights(source, sha256=sha256, block_bytes=BLOCK_BYTES)
     return build_vgg16(precision=precision, input_dtype=input_dtype, weights=layers), info

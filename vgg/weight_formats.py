@@ -8,8 +8,9 @@ the way in and out. Everything is read as plain arrays: never pickles, never mod
 
 from __future__ import annotations
 
+import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import h5py
@@ -59,6 +60,39 @@ def swap_rgb_bgr(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kernel[:, :, ::-1, :])
 
 
+class RowBlocks:
+    """A large weight array handed out a block of rows at a time, straight from the file.
+
+    fc6's kernel is 411 MB: read whole, it sits in memory beside the variable it is
+    copied into. Read in blocks, the file costs one block on top of the model. Valid only
+    until the iterator that yielded it moves on (the file is still open until then).
+    """
+
+    def __init__(self, shape: tuple[int, ...], rows: int, read: Callable[[int, int], np.ndarray]):
+        self.shape, self.rows_per_block, self._read = tuple(shape), max(1, rows), read
+        self.dtype = np.dtype(np.float32)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        """Yields (first row, float32 C-contiguous block) in order, covering every row once."""
+        for start in range(0, self.shape[0], self.rows_per_block):
+            stop = min(start + self.rows_per_block, self.shape[0])
+            yield start, _float32(self._read(start, stop))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = np.empty(self.shape, np.float32)
+        for start, block in self:
+            whole[start : start + len(block)] = block
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _rows_per_block(shape: tuple[int, ...], block_bytes: int | None) -> int | None:
+    """Rows per block for an array of this shape, or None to read it whole."""
+    row_bytes = 4 * math.prod(shape[1:])
+    if block_bytes is None or len(shape) < 2 or row_bytes * shape[0] <= block_bytes:
+        return None
+    return block_bytes // row_bytes
+
+
 # ---------------------------------------------------------------------------- npz
 
 
@@ -81,11 +115,14 @@ def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int,
     return headers
 
 
-def iter_npz(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def iter_npz(
+    source: str | BinaryIO, name: str, *, block_bytes: int | None = None
+) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
     """Yields (layer, kernel, bias) from the seed's npz, one layer at a time.
 
     Keys, dtypes and shapes are all checked from the headers before the first array is
     read, so a bad file fails before anything is loaded, and memory holds one layer.
+    With block_bytes, kernels larger than that come as `RowBlocks` instead of arrays.
     """
     headers = npz_headers(source, name)
     headers.pop(UNTRAINED_MARK, None)
@@ -105,9 +142,43 @@ def iter_npz(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarra
     try:
         with np.load(source, allow_pickle=False) as archive:
             for layer in LAYER_NAMES:
-                yield layer, _float32(archive[f"{layer}_W"]), _float32(archive[f"{layer}_b"])
+                key = f"{layer}_W"
+                rows = _rows_per_block(headers[key][0], block_bytes)
+                if rows is None:
+                    kernel = _float32(archive[key])
+                else:
+                    kernel = RowBlocks(headers[key][0], rows, _npy_rows(archive.zip, f"{key}.npy", name))
+                yield layer, kernel, _float32(archive[f"{layer}_b"])
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise WeightsError(f"{name}: npz data could not be read ({error}).") from error
+
+
+def _npy_rows(members: zipfile.ZipFile, member: str, name: str) -> Callable[[int, int], np.ndarray]:
+    """Reads rows [start, stop) of a C-order .npy inside a zip, in order, without the rest."""
+    handle = members.open(member)
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    if fortran_order:  # rows are not contiguous in the file: read it whole, once
+        whole = np.lib.format.read_array(members.open(member), allow_pickle=False)
+        return lambda start, stop: whole[start:stop]
+    row_bytes = dtype.itemsize * math.prod(shape[1:])
+    position = 0
+
+    def read(start: int, stop: int) -> np.ndarray:
+        nonlocal position
+        if start != position:
+            raise ValueError(f"{member}: rows must be read in order (asked {start}, at {position})")
+        data = handle.read((stop - start) * row_bytes)
+        if len(data) != (stop - start) * row_bytes:
+            rows = position + len(data) // row_bytes
+            raise WeightsError(f"{name}: {member} ends early, after {rows} of {shape[0]} rows.")
+        position = stop
+        return np.frombuffer(data, dtype).reshape((stop - start, *shape[1:]))
+
+    return read
 
 
 def read_npz(source: str | BinaryIO, name: str) -> Weights:
@@ -178,12 +249,15 @@ def _h5_arrays(root: h5py.File, name: str) -> Iterator[tuple[str, list[h5py.Data
         raise WeightsError(f"{name}: an HDF5 file but not Keras weights (no 'layer_names' attribute).{hint}")
 
 
-def iter_h5(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def iter_h5(
+    source: str | BinaryIO, name: str, *, block_bytes: int | None = None
+) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
     """Yields (our layer, kernel, bias) from Keras' h5, checked in full before the first read.
 
     Follows Keras' legacy loader: `layer_names` and each layer's `weight_names`
     attributes, in order, so files written by Keras 1/2 (`block1_conv1_W_1:0`) and by
     Keras 3's legacy writer (`block1_conv1/kernel`) both load. conv1_1 comes out RGB.
+    With block_bytes, kernels larger than that come as `RowBlocks` instead of arrays.
     """
     try:
         with h5py.File(source, "r") as root:
@@ -201,8 +275,15 @@ def iter_h5(source: str | BinaryIO, name: str) -> Iterator[tuple[str, np.ndarray
                 for part, dataset, shape in zip("Wb", datasets, shapes):
                     _check_array(name, keras_layer, part, tuple(dataset.shape), dataset.dtype, shape)
             for layer in LAYER_NAMES:
-                kernel, bias = (_float32(d[()]) for d in found[OUR_TO_KERAS[layer]])
-                yield layer, swap_rgb_bgr(kernel) if layer == "conv1_1" else kernel, bias
+                kernel_data, bias_data = found[OUR_TO_KERAS[layer]]
+                rows = _rows_per_block(kernel_data.shape, block_bytes)
+                if layer == "conv1_1":  # tiny, and its channel axis needs reversing
+                    kernel = swap_rgb_bgr(_float32(kernel_data[()]))
+                elif rows is None:
+                    kernel = _float32(kernel_data[()])
+                else:
+                    kernel = RowBlocks(kernel_data.shape, rows, lambda a, b, d=kernel_data: d[a:b])
+                yield layer, kernel, _float32(bias_data[()])
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:

@@ -28,6 +28,7 @@ from vgg.architecture import LAYER_NAMES, WEIGHT_SHAPES
 from vgg.weight_formats import (
     H5_NAMINGS,
     UNTRAINED_MARK,
+    RowBlocks,
     Weights,
     WeightsError,
     check_weights,
@@ -173,8 +174,10 @@ def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
     return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
 
 
-def _layers(path: str, fmt: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    return iter_npz(path, path) if fmt == "npz" else iter_h5(path, path)
+def _layers(
+    path: str, fmt: str, block_bytes: int | None = None
+) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
+    return (iter_npz if fmt == "npz" else iter_h5)(path, path, block_bytes=block_bytes)
 
 
 def read_weights(source: str, *, sha256: str | None = None) -> tuple[Weights, WeightsInfo]:
@@ -199,15 +202,16 @@ def load_weights(model, source: str, *, sha256: str | None = None) -> WeightsInf
 
 
 def stream_weights(
-    source: str, *, sha256: str | None = None
-) -> tuple[Iterator[tuple[str, np.ndarray, np.ndarray]], WeightsInfo]:
+    source: str, *, sha256: str | None = None, block_bytes: int | None = None
+) -> tuple[Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]], WeightsInfo]:
     """(layer, kernel, bias) one layer at a time, after the whole file's structure is checked.
 
     Keys, shapes and dtypes are validated before this returns, so a bad file raises here
-    and not halfway through building a model.
+    and not halfway through building a model. With block_bytes, kernels larger than
+    that come as `RowBlocks` (read a block at a time; use each before the next layer).
     """
     path, fmt, digest = _open_checked(source, sha256)
-    layers = _layers(path, fmt)
+    layers = _layers(path, fmt, block_bytes)
     first = next(layers)  # runs the generator's checks now
     info = WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
     return itertools.chain([first], layers), info

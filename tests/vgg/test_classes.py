@@ -85,9 +85,7 @@ def test_malformed_class_index_rejected():
 
     bad_wnid = dict(good)
     bad_wnid["0"] = ["01440764", "tench"]
-    with pytest.raises(
-        ValueError, match=r"class 0 .* Received: \['01440764', 'tench'\]"
-    ):
+    with pytest.raises(ValueError, match=r"class 0 .* Received: \['01440764', 'tench'\]"):
         classes._parse_class_index(bad_wnid, source="x.json")
 
     with pytest.raises(ValueError, match="Received: list with 0 keys"):
@@ -105,9 +103,7 @@ def test_top_k_orders_by_score_and_breaks_ties_by_lower_index():
     probs[1, [999, 0, 500]] = [0.5, 0.3, 0.2]
     indices, scores = top_k(probs, 3)
     np.testing.assert_array_equal(indices, [[3, 7, 5], [999, 0, 500]])
-    np.testing.assert_array_equal(
-        scores, np.array([[0.4, 0.4, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32)
-    )
+    np.testing.assert_array_equal(scores, np.array([[0.4, 0.4, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32))
     assert indices.dtype == np.int32
     assert scores.dtype == np.float32
 
@@ -260,10 +256,7 @@ def test_decode_predictions_matches_keras(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     keras_out = json.loads(result.stdout.strip().splitlines()[-1])
 
-    ours = [
-        [[entry["wnid"], entry["label"]] for entry in row]
-        for row in decode_predictions(probs, top=10)
-    ]
+    ours = [[[entry["wnid"], entry["label"]] for entry in row] for row in decode_predictions(probs, top=10)]
     # Random float32 scores have no ties among the top 10, so Keras'
     # argsort()[::-1] order and our stable order must agree exactly.
     assert ours == keras_out

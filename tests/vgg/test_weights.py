@@ -228,3 +228,66 @@ def test_imagenet_offline_message(monkeypatch, tmp_path):
     monkeypatch.setattr(keras.utils, "get_file", refuse)
     with pytest.raises(WeightsError, match="pass its path instead"):
         describe_weights("imagenet")
+
+
+# ---------------------------------------------------------------- row blocks
+
+
+@pytest.mark.parametrize("fmt", ["npz", "h5"])
+def test_large_kernels_stream_in_row_blocks(fmt, npz_path, h5_path, synth):
+    from vgg.weight_formats import RowBlocks
+    from vgg.weights import stream_weights
+
+    layers, _ = stream_weights(npz_path if fmt == "npz" else h5_path, block_bytes=2**20)
+    blocked = []
+    for layer, kernel, bias in layers:
+        want_kernel, want_bias = synth[layer]
+        np.testing.assert_array_equal(bias, want_bias)
+        if not isinstance(kernel, RowBlocks):
+            np.testing.assert_array_equal(kernel, want_kernel)
+            continue
+        blocked.append(layer)
+        covered = 0
+        for start, block in kernel:
+            assert start == covered and block.dtype == np.float32 and block.flags.c_contiguous
+            # At most 1 MiB, or a single row where one row is larger (conv5: 3x512x512x4 B).
+            assert block.nbytes <= 2**20 or len(block) == 1
+            np.testing.assert_array_equal(block, want_kernel[start : start + len(block)])
+            covered += len(block)
+        assert covered == want_kernel.shape[0]
+    # Over 1 MiB: conv3_1 is 3*3*128*256*4 = 1,179,648 B; conv2_2 is 3*3*128*128*4 = 589,824 B.
+    assert blocked == [n for n in LAYER_NAMES if n.startswith(("conv3", "conv4", "conv5", "fc"))]
+
+
+def _npy_member(archive: zipfile.ZipFile, name: str, array: np.ndarray, *, rows_kept: int | None = None):
+    with archive.open(name, "w") as member:
+        if rows_kept is None:
+            np.lib.format.write_array(member, array)
+            return
+        header = {"descr": "<f4", "fortran_order": False, "shape": array.shape}
+        np.lib.format.write_array_header_1_0(member, header)
+        member.write(array[:rows_kept].tobytes())
+
+
+def test_row_blocks_of_fortran_order_and_short_members():
+    from vgg.weight_formats import RowBlocks, _npy_rows
+
+    values = np.arange(12, dtype=np.float32).reshape(4, 3)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        _npy_member(archive, "f.npy", np.asfortranarray(values))
+        _npy_member(archive, "big_endian.npy", values.astype(">f8"))
+        _npy_member(archive, "short.npy", values, rows_kept=2)
+    with zipfile.ZipFile(buffer) as archive:
+        for name in ("f.npy", "big_endian.npy"):
+            blocks = RowBlocks((4, 3), 1, _npy_rows(archive, name, "mem"))
+            np.testing.assert_array_equal(np.asarray(blocks), values)
+        read = _npy_rows(archive, "short.npy", "mem")
+        np.testing.assert_array_equal(read(0, 2), values[:2])
+        with pytest.raises(WeightsError, match=r"mem: short.npy ends early, after 2 of 4 rows"):
+            read(2, 4)
+        # A Fortran-order member is read whole, so any rows can be asked for; a C-order
+        # one streams, so rows must come in order.
+        np.testing.assert_array_equal(_npy_rows(archive, "f.npy", "mem")(2, 4), values[2:])
+        with pytest.raises(ValueError, match="rows must be read in order"):
+            _npy_rows(archive, "big_endian.npy", "mem")(1, 2)
