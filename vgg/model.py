@@ -12,7 +12,12 @@ from vgg.architecture import CONV_BLOCKS, FC7_DIM, IMAGE_SIZE, IMAGENET_MEAN_RGB
 from vgg.weight_formats import RowBlocks
 from vgg.weights import WeightsInfo, stream_weights
 
-PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+# Keras dtype policies. Inference never updates the weights, so the reduced precisions
+# store them reduced too: Keras' mixed_* policies would keep float32 variables and cast
+# every one of them on every forward pass, to the same values (outputs are bit-identical,
+# tests/vgg/test_model.py), for 277 MB more memory and ~2% less speed.
+PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+FLOAT16_MAX = 65504.0
 INPUT_DTYPES = ("uint8", "float32")
 
 
@@ -47,6 +52,11 @@ def fill_weights(model: keras.Model, layers: Layers) -> None:
 
 
 def _assign_rows(variable: keras.Variable, start: int, block: np.ndarray) -> None:
+    if variable.dtype == "float16" and block.size and np.abs(block).max() > FLOAT16_MAX:
+        raise ValueError(
+            f"{variable.path}: weights up to {np.abs(block).max():.4g}, beyond float16's "
+            f"{FLOAT16_MAX:g}; use precision='bfloat16' or 'float32' for these weights"
+        )
     # Writes into the variable's own buffer. `variable[a:b].assign` would first read the
     # variable, and that read makes TensorFlow copy the whole buffer before writing.
     stop = [start + len(block), *variable.shape[1:]]
@@ -88,8 +98,9 @@ def build_vgg16(
     """Builds VGG16, with weights from `weights` or all zeros (see `load_vgg16` for files).
 
     Args:
-      precision: "float32", "bfloat16" or "float16". The reduced ones are Keras
-        mixed-precision policies (weights float32, compute reduced); the softmax and
+      precision: "float32", "bfloat16" or "float16". The reduced ones hold the weights
+        and compute in that type, which gives exactly what Keras' mixed_bfloat16 /
+        mixed_float16 policies give (they cast the weights on each use); the softmax and
         fc7 outputs are float32 either way.
       input_dtype: "uint8" (4x less data to move to a GPU than float32) or
         "float32" for float pixels in 0..255. Keras casts whatever it is given to

@@ -90,8 +90,35 @@ def test_bfloat16_keeps_float32_outputs():
 
     model = build_vgg16(precision="bfloat16")
     assert model.get_layer("conv1_1").compute_dtype == "bfloat16"
-    assert model.get_layer("conv1_1").kernel.dtype == "float32"
+    assert model.get_layer("conv1_1").kernel.dtype == "bfloat16"
     assert {v.dtype for v in model.output.values()} == {"float32"}
+
+
+def test_reduced_weights_give_exactly_what_keras_mixed_precision_gives(npz_path, photo_batch, monkeypatch):
+    # Keras' mixed_bfloat16 keeps float32 weights and casts them to bfloat16 at each use;
+    # storing them cast once must round them the same way, so every output bit agrees.
+    import vgg.model
+    from vgg.model import load_vgg16
+
+    reduced, _ = load_vgg16(npz_path, precision="bfloat16")
+    monkeypatch.setitem(vgg.model.PRECISIONS, "keras_mixed", "mixed_bfloat16")
+    mixed, _ = load_vgg16(npz_path, precision="keras_mixed")
+    assert mixed.get_layer("fc6").kernel.dtype == "float32"
+    got, want = reduced(photo_batch), mixed(photo_batch)
+    for key in ("probs", "fc7"):
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+
+
+def test_float16_refuses_weights_it_cannot_hold(synth, tmp_path):
+    from vgg.model import load_vgg16
+    from vgg.weights import save_weights
+
+    too_big = dict(synth)
+    too_big["fc8"] = (synth["fc8"][0], np.full(1000, 7e4, np.float32))  # float16 max: 65504
+    path = str(tmp_path / "big.npz")
+    save_weights(too_big, path, format="npz")
+    with pytest.raises(ValueError, match=r"fc8/bias: weights up to 7e\+04, beyond float16's 65504"):
+        load_vgg16(path, precision="float16")
 
 
 def test_float32_input_model_agrees_with_uint8(predictor, photo_batch, synth):
