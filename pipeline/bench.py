@@ -1,6 +1,6 @@
 """Benchmark: the pipeline end to end against the bare model and the stock Beam peer, in one run.
 
-    python -m pipeline.bench --out output/bench            # the full run (about 15 minutes)
+    python -m pipeline.bench --out output/bench            # the full run (about 17 minutes)
     python -m pipeline.bench --out /tmp/b --images 24 --quick
 
 Measures (a) the bare model on preprocessed uint8 batches over several batch sizes,

@@ -22,7 +22,7 @@ INPUT_DTYPES = ("uint8", "float32")
 
 
 # Blocks of this size are copied into a variable at a time: 16 MB keeps the file's side of
-# loading small next to the 528 MB of variables, and the copies no slower than whole arrays.
+# loading small next to the 528 MiB of variables, and the copies no slower than whole arrays.
 BLOCK_BYTES = 16 * 2**20
 
 
@@ -34,7 +34,7 @@ def fill_weights(model: keras.Model, layers: Layers) -> None:
 
     Kernels may be `RowBlocks` (as `iter_npz(..., block_bytes=...)` yields fc6), so that
     loading holds the variables plus one block, not the variables plus whole arrays and
-    their tensor copies (peak RSS 1.92 GiB before, see README "Memory").
+    their tensor copies (README, "Where the time went": a job's peak RSS 1.92 -> 1.78 GiB).
     """
     for name, kernel, bias in layers:
         layer = model.get_layer(name)
