@@ -222,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", help="weights file (default: synthesized, UNTRAINED)")
     parser.add_argument("--images", type=int, default=240, help="images in the large run per size")
     parser.add_argument("--batch_sizes", default="1,8,16,32,64")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; fastest wall of each size kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; the fastest wall of each size is kept"
+    )
     parser.add_argument("--quick", action="store_true", help="640x480 only, float32 only")
     parser.add_argument("--peer_job", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--model_job", nargs=4, help=argparse.SUPPRESS)

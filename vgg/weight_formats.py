@@ -162,7 +162,9 @@ def _npy_rows(members: zipfile.ZipFile, member: str, name: str) -> Callable[[int
     else:
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
     if fortran_order:  # rows are not contiguous in the file: read it whole, once
-        whole = np.lib.format.read_array(members.open(member), allow_pickle=False)
+        handle.close()
+        with members.open(member) as again:
+            whole = np.lib.format.read_array(again, allow_pickle=False)
         return lambda start, stop: whole[start:stop]
     row_bytes = dtype.itemsize * math.prod(shape[1:])
     position = 0
@@ -176,6 +178,8 @@ def _npy_rows(members: zipfile.ZipFile, member: str, name: str) -> Callable[[int
             rows = position + len(data) // row_bytes
             raise WeightsError(f"{name}: {member} ends early, after {rows} of {shape[0]} rows.")
         position = stop
+        if stop == shape[0]:
+            handle.close()
         return np.frombuffer(data, dtype).reshape((stop - start, *shape[1:]))
 
     return read
