@@ -68,15 +68,23 @@ class RowBlocks:
     until the iterator that yielded it moves on (the file is still open until then).
     """
 
-    def __init__(self, shape: tuple[int, ...], rows: int, read: Callable[[int, int], np.ndarray]):
+    def __init__(self, shape: tuple[int, ...], rows: int, read: Callable[[int, int], np.ndarray], name: str):
         self.shape, self.rows_per_block, self._read = tuple(shape), max(1, rows), read
-        self.dtype = np.dtype(np.float32)
+        self.dtype, self._name = np.dtype(np.float32), name
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        """Yields (first row, float32 C-contiguous block) in order, covering every row once."""
+        """Yields (first row, float32 C-contiguous block) in order, covering every row once.
+
+        Raises:
+          WeightsError: the data cannot be read (the file ends early, a bad checksum).
+        """
         for start in range(0, self.shape[0], self.rows_per_block):
             stop = min(start + self.rows_per_block, self.shape[0])
-            yield start, _float32(self._read(start, stop))
+            try:
+                block = self._read(start, stop)
+            except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
+                raise WeightsError(f"{self._name}: data could not be read ({error}).") from error
+            yield start, _float32(block)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = np.empty(self.shape, np.float32)
@@ -147,7 +155,8 @@ def iter_npz(
                 if rows is None:
                     kernel = _float32(archive[key])
                 else:
-                    kernel = RowBlocks(headers[key][0], rows, _npy_rows(archive.zip, f"{key}.npy", name))
+                    read = _npy_rows(archive.zip, f"{key}.npy", name)
+                    kernel = RowBlocks(headers[key][0], rows, read, name)
                 yield layer, kernel, _float32(archive[f"{layer}_b"])
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise WeightsError(f"{name}: npz data could not be read ({error}).") from error
@@ -286,7 +295,7 @@ def iter_h5(
                 elif rows is None:
                     kernel = _float32(kernel_data[()])
                 else:
-                    kernel = RowBlocks(kernel_data.shape, rows, lambda a, b, d=kernel_data: d[a:b])
+                    kernel = RowBlocks(kernel_data.shape, rows, lambda a, b, d=kernel_data: d[a:b], name)
                 yield layer, kernel, _float32(bias_data[()])
     except WeightsError:
         raise

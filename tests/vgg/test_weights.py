@@ -280,7 +280,7 @@ def test_row_blocks_of_fortran_order_and_short_members():
         _npy_member(archive, "short.npy", values, rows_kept=2)
     with zipfile.ZipFile(buffer) as archive:
         for name in ("f.npy", "big_endian.npy"):
-            blocks = RowBlocks((4, 3), 1, _npy_rows(archive, name, "mem"))
+            blocks = RowBlocks((4, 3), 1, _npy_rows(archive, name, "mem"), "mem")
             np.testing.assert_array_equal(np.asarray(blocks), values)
         read = _npy_rows(archive, "short.npy", "mem")
         np.testing.assert_array_equal(read(0, 2), values[:2])
@@ -291,3 +291,19 @@ def test_row_blocks_of_fortran_order_and_short_members():
         np.testing.assert_array_equal(_npy_rows(archive, "f.npy", "mem")(2, 4), values[2:])
         with pytest.raises(ValueError, match="rows must be read in order"):
             _npy_rows(archive, "big_endian.npy", "mem")(1, 2)
+
+
+def test_damaged_block_data_is_a_weights_error():
+    from vgg.weight_formats import RowBlocks, _npy_rows
+
+    values = np.arange(4096, dtype=np.float32).reshape(64, 64)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:  # stored, so the data bytes are in the file
+        _npy_member(archive, "fc.npy", values)
+    data = bytearray(buffer.getvalue())
+    data[data.index(values[40].tobytes())] ^= 0xFF  # one byte of row 40: the CRC no longer matches
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        blocks = RowBlocks((64, 64), 16, _npy_rows(archive, "fc.npy", "w.npz"), "w.npz")
+        message = r"w.npz: data could not be read \(Bad CRC-32 for file 'fc.npy'\)"
+        with pytest.raises(WeightsError, match=message):
+            list(blocks)
