@@ -104,6 +104,13 @@ def _rows_per_block(shape: tuple[int, ...], block_bytes: int | None) -> int | No
 # ---------------------------------------------------------------------------- npz
 
 
+def _npy_header(member: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) from the start of a .npy stream, leaving it at the data."""
+    if np.lib.format.read_magic(member) == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    return np.lib.format.read_array_header_2_0(member)
+
+
 def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Key -> (shape, dtype) of every array in an npz, read from headers only (no data)."""
     headers = {}
@@ -112,11 +119,7 @@ def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int,
             for info in archive.infolist():
                 key = info.filename.removesuffix(".npy")
                 with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    shape, _, dtype = _npy_header(member)
                 headers[key] = (tuple(shape), dtype)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
         raise WeightsError(f"{name}: not a readable npz file ({error}).") from error
@@ -165,11 +168,7 @@ def iter_npz(
 def _npy_rows(members: zipfile.ZipFile, member: str, name: str) -> Callable[[int, int], np.ndarray]:
     """Reads rows [start, stop) of a C-order .npy inside a zip, in order, without the rest."""
     handle = members.open(member)
-    version = np.lib.format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-    else:
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    shape, fortran_order, dtype = _npy_header(handle)
     if fortran_order:  # rows are not contiguous in the file: read it whole, once
         handle.close()
         with members.open(member) as again:
