@@ -41,6 +41,8 @@ setup(
             "ruff>=0.6",
             "moto[server]>=5",
             "faiss-cpu>=1.8",
+            # tests/test_docs.py builds the manual under docs/ with `mkdocs build --strict`.
+            "mkdocs>=1.6,<2",
         ],
     },
     entry_points={
