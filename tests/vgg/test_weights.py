@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, SEED
 from tests.vgg.weight_files import assert_same_weights, tiny_npz
+from vgg import weights
 from vgg.architecture import LAYER_NAMES
 from vgg.weight_formats import RowBlocks
 from vgg.weights import (
@@ -23,6 +26,21 @@ from vgg.weights import (
     stream_weights,
     synth_weights,
 )
+
+
+def test_module_leaves_every_format_to_the_registry():
+    # Formats are vgg.weight_formats' business: this module imports no file library and
+    # compares nothing with a format's name, so a new format is one registry entry.
+    tree = ast.parse(pathlib.Path(weights.__file__).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert not imported & {"h5py", "zipfile"}
+    names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    assert not names & {"npz", "h5", ".npz", ".h5"}
 
 
 def test_synth_is_deterministic_and_marked(synth, npz_path, h5_path):
