@@ -17,16 +17,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import pathlib
-import struct
 import sys
 import zipfile
-import zlib
 
 import numpy as np
 from PIL import Image
 
+from tests.images import BLUE, GREEN, RED, WHITE, encode, exif_tagged, png_header_only, png_rgb48, quadrants
+
 SAMPLES = pathlib.Path(__file__).resolve().parents[1] / "samples"
-RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 # Pillow's default limit, which vgg.preprocess.MAX_PIXELS copies.
 PILLOW_LIMIT = 89_478_485
 
@@ -64,44 +63,6 @@ def _bad(error_type, note, stage="decode", fault=None) -> Expected:
     return Expected(stage, error_type, fault=fault, note=note)
 
 
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    img.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but which holds no pixel data (a bomb's header)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IEND", b"")
-
-
-def png_rgb48(pixels: np.ndarray) -> bytes:
-    """A 16-bit-per-channel RGB PNG (Pillow reads but cannot write these)."""
-    height, width, _ = pixels.shape
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _chunk(b"IHDR", ihdr)
-        + _chunk(b"IDAT", zlib.compress(rows))
-        + _chunk(b"IEND", b"")
-    )
-
-
-def quadrants(width: int = 64, height: int = 48) -> Image.Image:
-    """Top-left red, top-right green, bottom-left blue, bottom-right white: shows any flip."""
-    arr = np.full((height, width, 3), 255, np.uint8)
-    arr[: height // 2, : width // 2] = RED
-    arr[: height // 2, width // 2 :] = GREEN
-    arr[height // 2 :, : width // 2] = BLUE
-    return Image.fromarray(arr)
-
-
 def with_orientation(displayed: Image.Image, orientation: int) -> bytes:
     """A JPEG stored so that a viewer applying EXIF `orientation` shows `displayed`."""
     # The inverse of what a viewer does for each tag (viewer: 3 -> 180, 6 -> 270, 8 -> 90).
@@ -112,9 +73,7 @@ def with_orientation(displayed: Image.Image, orientation: int) -> bytes:
             8: Image.Transpose.ROTATE_270,
         }[orientation]
     )
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    return exif_tagged(stored, "JPEG", orientation, quality=95)
 
 
 def large_photo(width: int = 8000, height: int = 6000) -> bytes:

@@ -1,10 +1,17 @@
-"""VGG16's shape as data: layer names, weight shapes, input size and mean (no TensorFlow import)."""
+"""VGG16's shape as data: layer names, weight shapes, sizes, mean and precisions (no TensorFlow import).
+
+The one home of the model's constants: `vgg/` and `pipeline/` import them from here.
+"""
 
 from __future__ import annotations
 
-IMAGE_SIZE = 224
-NUM_CLASSES = 1000
-FC7_DIM = 4096
+IMAGE_SIZE = 224  # input side in pixels: images are IMAGE_SIZE x IMAGE_SIZE x 3 RGB
+NUM_CLASSES = 1000  # ImageNet-1k: the width of fc8 and of the softmax
+FC7_DIM = 4096  # the width of fc7, the embedding
+
+# The precisions the model runs in, the default first. Each is also the Keras dtype
+# policy that vgg.model gives every layer (weights stored and computed in it).
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
 # The ImageNet mean in RGB order, subtracted inside the graph as the 2016 seed did.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -28,7 +35,8 @@ def _weight_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
         for name, filters in block:
             shapes[name] = ((3, 3, channels, filters), (filters,))
             channels = filters
-    units = 7 * 7 * channels  # pool5 is 7x7x512, flattened in NHWC order
+    side = IMAGE_SIZE // 2 ** len(CONV_BLOCKS)  # each block halves it: 224 / 2**5 = 7
+    units = side * side * channels  # pool5 is 7x7x512, flattened in NHWC order
     for name, out in DENSE_LAYERS:
         shapes[name] = ((units, out), (out,))
         units = out

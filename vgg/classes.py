@@ -10,10 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-NUM_CLASSES = 1000
+from vgg.architecture import NUM_CLASSES
 
-# Same file and order as Keras' `imagenet_class_index.json` (index order is the
-# sorted WordNet ids), committed because Keras downloads it at run time.
+# Keras' `imagenet_class_index.json` byte for byte (the md5 Keras pins,
+# tests/vgg/test_classes.py), committed because Keras downloads it at run time.
+# Index order is the sorted WordNet ids.
 _DATA_PACKAGE = "vgg"
 _DATA_PATH = ("data", "imagenet_class_index.json")
 _WNID = re.compile(r"n\d{8}")

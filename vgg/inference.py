@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from vgg.architecture import IMAGE_SIZE
+from vgg.architecture import FC7_DIM, IMAGE_SIZE, NUM_CLASSES, PRECISIONS
 from vgg.model import load_vgg16
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class Predictor:
 
     Args:
       weights: a weights file (npz or Keras h5) or "imagenet", as `vgg.model.load_vgg16` takes.
-      precision: "float32" (default), "bfloat16" or "float16".
+      precision: one of `vgg.architecture.PRECISIONS`: "float32" (default), "bfloat16"
+        or "float16".
       sha256: optional expected sha256 of the weights file.
       jit: compile with XLA.
       max_batch_size: largest batch sent to the device at once; halved and remembered
@@ -79,7 +80,7 @@ class Predictor:
         self,
         weights: str,
         *,
-        precision: str = "float32",
+        precision: str = PRECISIONS[0],
         sha256: str | None = None,
         jit: bool = False,
         max_batch_size: int | None = None,
@@ -132,5 +133,5 @@ class Predictor:
             fc7.append(out["fc7"].numpy())
             start += size
         if not probs:
-            return np.zeros((0, 1000), np.float32), np.zeros((0, 4096), np.float32)
+            return np.zeros((0, NUM_CLASSES), np.float32), np.zeros((0, FC7_DIM), np.float32)
         return np.concatenate(probs), np.concatenate(fc7)

@@ -8,15 +8,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from vgg.architecture import CONV_BLOCKS, FC7_DIM, IMAGE_SIZE, IMAGENET_MEAN_RGB, NUM_CLASSES
-from vgg.weight_formats import RowBlocks
+from vgg.architecture import (
+    CONV_BLOCKS,
+    DENSE_LAYERS,
+    FC7_DIM,
+    IMAGE_SIZE,
+    IMAGENET_MEAN_RGB,
+    NUM_CLASSES,
+    PRECISIONS,
+)
+from vgg.weight_formats import Layer, RowBlocks
 from vgg.weights import WeightsInfo, stream_weights
 
-# Keras dtype policies. Inference never updates the weights, so the reduced precisions
-# store them reduced too: Keras' mixed_* policies would keep float32 variables and cast
-# every one of them on every forward pass, to the same values (outputs are bit-identical,
-# tests/vgg/test_model.py), for 277 MB more memory and ~2% less speed.
-PRECISIONS = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 FLOAT16_MAX = 65504.0
 INPUT_DTYPES = ("uint8", "float32")
 
@@ -26,7 +29,7 @@ INPUT_DTYPES = ("uint8", "float32")
 BLOCK_BYTES = 16 * 2**20
 
 
-Layers = Iterable[tuple[str, np.ndarray | RowBlocks, np.ndarray]]
+Layers = Iterable[Layer]
 
 
 def fill_weights(model: keras.Model, layers: Layers) -> None:
@@ -91,22 +94,23 @@ class Preprocess(keras.layers.Layer):
 
 def build_vgg16(
     *,
-    precision: str = "float32",
+    precision: str = PRECISIONS[0],
     input_dtype: str = "uint8",
     weights: Layers | None = None,
 ) -> keras.Model:
     """Builds VGG16, with weights from `weights` or all zeros (see `load_vgg16` for files).
 
     Args:
-      precision: "float32", "bfloat16" or "float16". The reduced ones hold the weights
-        and compute in that type, which gives exactly what Keras' mixed_bfloat16 /
-        mixed_float16 policies give (they cast the weights on each use); the softmax and
-        fc7 outputs are float32 either way.
+      precision: one of `vgg.architecture.PRECISIONS`: "float32" (the default),
+        "bfloat16" or "float16". The reduced ones hold the weights and compute in that
+        type, which gives exactly what Keras' mixed_bfloat16 / mixed_float16 policies
+        give (they cast the weights on each use); the softmax and fc7 outputs are
+        float32 either way.
       input_dtype: "uint8" (4x less data to move to a GPU than float32) or
         "float32" for float pixels in 0..255. Keras casts whatever it is given to
         this dtype, so float pixels need a float32 model.
-      weights: (layer, kernel, bias), as `vgg.weight_formats`' iter_npz / iter_h5
-        yield them; None for zeros. The variables are created as zeros (TensorFlow
+      weights: (layer, kernel, bias), as each of `vgg.weight_formats.FORMATS`
+        yields them; None for zeros. The variables are created as zeros (TensorFlow
         adopts the zeros tensor, so that costs no copy) and the weights are then
         copied into them in place (`fill_weights`).
 
@@ -115,10 +119,15 @@ def build_vgg16(
       {"probs": (N, 1000) softmax, "fc7": (N, 4096) post-ReLU activations}.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}. Received: precision={precision!r}")
+        raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={precision!r}")
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {INPUT_DTYPES}. Received: input_dtype={input_dtype!r}")
-    policy = keras.DTypePolicy(PRECISIONS[precision])
+    # The precision is the Keras dtype policy itself. Inference never updates the weights,
+    # so the reduced precisions store them reduced too: Keras' mixed_* policies would keep
+    # float32 variables and cast every one of them on every forward pass, to the same values
+    # (outputs are bit-identical, tests/vgg/test_model.py), for 277 MB more memory and ~2%
+    # less speed.
+    policy = keras.DTypePolicy(precision)
     layers = keras.layers
     zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
 
@@ -131,7 +140,8 @@ def build_vgg16(
             )(x)
         x = layers.MaxPooling2D(2, strides=2, name=f"pool{index}", dtype=policy)(x)
     x = layers.Flatten(name="flatten", dtype=policy)(x)
-    x = layers.Dense(4096, activation="relu", name="fc6", dtype=policy, **zeros)(x)
+    fc6_units = dict(DENSE_LAYERS)["fc6"]
+    x = layers.Dense(fc6_units, activation="relu", name="fc6", dtype=policy, **zeros)(x)
     fc7 = layers.Dense(FC7_DIM, activation="relu", name="fc7", dtype=policy, **zeros)(x)
     logits = layers.Dense(NUM_CLASSES, name="fc8", dtype=policy, **zeros)(fc7)
     probs = layers.Activation("softmax", name="prob", dtype="float32")(logits)
@@ -143,7 +153,7 @@ def build_vgg16(
 
 
 def load_vgg16(
-    source: str, *, sha256: str | None = None, precision: str = "float32", input_dtype: str = "uint8"
+    source: str, *, sha256: str | None = None, precision: str = PRECISIONS[0], input_dtype: str = "uint8"
 ) -> tuple[keras.Model, WeightsInfo]:
     """Builds VGG16 straight from a weights file (path or "imagenet"), checked in full first."""
     layers, info = stream_weights(source, sha256=sha256, block_bytes=BLOCK_BYTES)

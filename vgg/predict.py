@@ -14,13 +14,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
 
+from vgg.architecture import FC7_DIM, NUM_CLASSES, PRECISIONS  # noqa: E402
 from vgg.classes import decode_predictions  # noqa: E402
 from vgg.preprocess import RESIZE_MODES, ImageError, load_image  # noqa: E402
-from vgg.weights import WeightsError, describe_weights  # noqa: E402
-
-UNTRAINED_WARNING = (
-    "WARNING: these weights are UNTRAINED (synthesized random numbers): the labels below are meaningless."
-)
+from vgg.weights import UNTRAINED_WARNING, WeightsError, describe_weights  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,14 +26,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="npz, Keras h5, or 'imagenet'")
     parser.add_argument("--weights_sha256", help="refuse a weights file with another sha256")
     parser.add_argument("--top_k", type=int, default=5, help="labels per image (default 5)")
-    parser.add_argument("--resize", choices=RESIZE_MODES, default="squash", help="default squash")
-    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument(
+        "--resize", choices=RESIZE_MODES, default=RESIZE_MODES[0], help=f"default {RESIZE_MODES[0]}"
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--fc7", action="store_true", help="also output the 4096-d fc7 embedding")
+    parser.add_argument("--fc7", action="store_true", help=f"also output the {FC7_DIM}-d fc7 embedding")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
-    if not 1 <= args.top_k <= 1000:
-        parser.error(f"--top_k must be between 1 and 1000. Received: {args.top_k}")
+    if not 1 <= args.top_k <= NUM_CLASSES:
+        parser.error(f"--top_k must be between 1 and {NUM_CLASSES}. Received: {args.top_k}")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be at least 1. Received: {args.batch_size}")
     return args
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if info.untrained:
-        print(UNTRAINED_WARNING, file=sys.stderr)
+        print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
 
     import numpy as np  # noqa: PLC0415
 
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 for rank, label in enumerate(labels, start=1):
                     print(f"  {rank}. {label['score']:.4f}  {label['wnid']}  {label['label']}")
                 if args.fc7:
-                    print(f"  fc7: {np.array2string(embedding[:6], precision=4)} ... (4096 floats)")
+                    print(f"  fc7: {np.array2string(embedding[:6], precision=4)} ... ({FC7_DIM} floats)")
     return 1 if failed else 0
 
 

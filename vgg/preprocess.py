@@ -1,7 +1,8 @@
 """Decodes image bytes into the 224x224 RGB uint8 arrays that VGG16 expects.
 
-This is the one place that defines preprocessing; it knows nothing of Beam or
-TensorFlow (Pillow and numpy only), so it runs unchanged on any worker.
+This is the one place that defines preprocessing and its vocabulary (``RESIZE_MODES``,
+``ERROR_TYPES``); it knows nothing of Beam or TensorFlow (Pillow, numpy and the
+TensorFlow-free ``vgg.architecture`` only), so it runs unchanged on any worker.
 
 What ``decode_image`` does, in order:
 
@@ -50,8 +51,9 @@ from PIL import (
     UnidentifiedImageError,
 )
 
-IMAGE_SIZE = 224
-RESIZE_MODES = ("squash", "center_crop")
+from vgg.architecture import IMAGE_SIZE
+
+RESIZE_MODES = ("squash", "center_crop")  # the default first
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
 # Pillow's default Image.MAX_IMAGE_PIXELS, copied so that code elsewhere
 # changing that global cannot loosen this module's limit.
@@ -143,7 +145,7 @@ class DecodedImage:
 def decode_image(
     data: bytes,
     *,
-    resize: str = "squash",
+    resize: str = RESIZE_MODES[0],
     draft: bool = True,
     max_pixels: int = MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),
@@ -191,7 +193,7 @@ def decode_image(
 def load_image(
     path: str | os.PathLike,
     *,
-    resize: str = "squash",
+    resize: str = RESIZE_MODES[0],
     draft: bool = True,
     max_pixels: int = MAX_PIXELS,
     background: tuple[int, int, int] = (255, 255, 255),

@@ -1,5 +1,7 @@
 """Readers and writers for the two VGG16 weight files users have: the seed's npz and Keras' h5.
 
+Each format is one `WeightFormat` in `FORMATS` (how to recognise, read, write and label
+it); `vgg.weights` dispatches through that registry and never names a format itself.
 Both map to one in-memory form, `Weights`: our layer name -> (kernel, bias) as float32,
 with conv1_1 taking RGB input. The npz is already RGB; Keras' h5 expects BGR input
 ("caffe" preprocessing), so its conv1_1 kernel has its input-channel axis reversed on
@@ -8,6 +10,7 @@ the way in and out. Everything is read as plain arrays: never pickles, never mod
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
 from collections.abc import Callable, Iterator
@@ -49,6 +52,7 @@ H5_NAMINGS = ("keras1", "keras2", "keras3")
 # Synthesized files carry this marker (an npz key / an h5 root attribute) so that every
 # later use of them can say the labels are meaningless.
 UNTRAINED_MARK = "untrained"
+_UNTRAINED_NOTE = b"synthesized random weights; labels are meaningless"
 
 
 class WeightsError(ValueError):
@@ -93,6 +97,10 @@ class RowBlocks:
         return whole if dtype is None else whole.astype(dtype)
 
 
+# (our layer name, kernel, bias), one layer at a time; large kernels may come as RowBlocks.
+Layer = tuple[str, np.ndarray | RowBlocks, np.ndarray]
+
+
 def _rows_per_block(shape: tuple[int, ...], block_bytes: int | None) -> int | None:
     """Rows per block for an array of this shape, or None to read it whole."""
     row_bytes = 4 * math.prod(shape[1:])
@@ -126,9 +134,7 @@ def npz_headers(source: str | BinaryIO, name: str) -> dict[str, tuple[tuple[int,
     return headers
 
 
-def iter_npz(
-    source: str | BinaryIO, name: str, *, block_bytes: int | None = None
-) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
+def iter_npz(source: str | BinaryIO, name: str, *, block_bytes: int | None = None) -> Iterator[Layer]:
     """Yields (layer, kernel, bias) from the seed's npz, one layer at a time.
 
     Keys, dtypes and shapes are all checked from the headers before the first array is
@@ -193,13 +199,12 @@ def _npy_rows(members: zipfile.ZipFile, member: str, name: str) -> Callable[[int
     return read
 
 
-def read_npz(source: str | BinaryIO, name: str) -> Weights:
-    """Reads the seed's `vgg16_weights.npz` (keys conv1_1_W ... fc8_b, RGB input)."""
-    return {layer: (kernel, bias) for layer, kernel, bias in iter_npz(source, name)}
+def write_npz(weights: Weights, target: str | BinaryIO, *, naming: str | None = None) -> None:
+    """Writes the seed's npz layout (uncompressed, as the original file is).
 
-
-def write_npz(weights: Weights, target: str | BinaryIO) -> None:
-    """Writes the seed's npz layout (uncompressed, as the original file is)."""
+    naming is accepted so that every format's writer takes the same arguments, and
+    ignored: the seed's npz has one set of key names (conv1_1_W ... fc8_b).
+    """
     arrays = {}
     for layer in LAYER_NAMES:
         kernel, bias = weights[layer]
@@ -209,6 +214,18 @@ def write_npz(weights: Weights, target: str | BinaryIO) -> None:
             np.savez(handle, **arrays)
     else:
         np.savez(target, **arrays)
+
+
+def npz_is_untrained(path: str) -> bool:
+    """Whether an npz holds the UNTRAINED mark (an extra key), from its headers only."""
+    return UNTRAINED_MARK in npz_headers(path, path)
+
+
+def mark_npz_untrained(path: str) -> None:
+    """Adds the UNTRAINED mark to an npz: a one-byte array under the key `UNTRAINED_MARK`."""
+    with zipfile.ZipFile(path, "a") as archive:
+        with archive.open(UNTRAINED_MARK + ".npy", "w") as member:
+            np.lib.format.write_array(member, np.array(1, dtype=np.uint8))
 
 
 # ----------------------------------------------------------------------------- h5
@@ -261,9 +278,7 @@ def _h5_arrays(root: h5py.File, name: str) -> Iterator[tuple[str, list[h5py.Data
         raise WeightsError(f"{name}: an HDF5 file but not Keras weights (no 'layer_names' attribute).{hint}")
 
 
-def iter_h5(
-    source: str | BinaryIO, name: str, *, block_bytes: int | None = None
-) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
+def iter_h5(source: str | BinaryIO, name: str, *, block_bytes: int | None = None) -> Iterator[Layer]:
     """Yields (our layer, kernel, bias) from Keras' h5, checked in full before the first read.
 
     Follows Keras' legacy loader: `layer_names` and each layer's `weight_names`
@@ -302,11 +317,6 @@ def iter_h5(
         raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
 
 
-def read_h5(source: str | BinaryIO, name: str) -> Weights:
-    """Reads Keras' VGG16 weights (`vgg16_weights_tf_dim_ordering_tf_kernels.h5`, BGR input)."""
-    return {layer: (kernel, bias) for layer, kernel, bias in iter_h5(source, name)}
-
-
 def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2") -> None:
     """Writes Keras' legacy weights layout (what `load_weights(..h5)` and Keras' VGG16 read).
 
@@ -340,6 +350,18 @@ def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2"
                 group.create_dataset(weight_name, data=value)
 
 
+def h5_is_untrained(path: str) -> bool:
+    """Whether an h5 holds the UNTRAINED mark (a root attribute)."""
+    with h5py.File(path, "r") as root:
+        return UNTRAINED_MARK in root.attrs
+
+
+def mark_h5_untrained(path: str) -> None:
+    """Adds the UNTRAINED mark to an h5: a root attribute named `UNTRAINED_MARK`."""
+    with h5py.File(path, "a") as root:
+        root.attrs[UNTRAINED_MARK] = _UNTRAINED_NOTE
+
+
 # ------------------------------------------------------------------------- checks
 
 
@@ -366,7 +388,7 @@ def _float32(value) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
-def check_weights(weights: Weights, name: str, *, key_format: str = "{layer}") -> Weights:
+def check_weights(weights: Weights, name: str) -> Weights:
     """Checks every layer is present with its exact shapes; returns float32 C-contiguous arrays."""
     checked: Weights = {}
     for layer in LAYER_NAMES:
@@ -374,18 +396,84 @@ def check_weights(weights: Weights, name: str, *, key_format: str = "{layer}") -
             raise WeightsError(f"{name}: missing layer {layer!r}.")
         arrays = []
         for part, given, shape in zip("Wb", weights[layer], WEIGHT_SHAPES[layer]):
-            key = key_format.format(layer=layer, part=part, keras=OUR_TO_KERAS[layer])
             value = np.asarray(given)
-            _check_array(name, key, part, value.shape, value.dtype, shape)
+            _check_array(name, layer, part, value.shape, value.dtype, shape)
             arrays.append(_float32(value))
         checked[layer] = (arrays[0], arrays[1])
     return checked
 
 
-def sniff_format(head: bytes) -> str | None:
-    """'npz', 'h5' or None from a file's first bytes."""
-    if head.startswith(NPZ_MAGIC):
-        return "npz"
-    if head.startswith(H5_MAGIC):
-        return "h5"
-    return None
+# ----------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightFormat:
+    """One weights file format: how to recognise it, read it, write it and label it.
+
+    Attributes:
+      name: the format's name in `WeightsInfo.format` and on the command line.
+      title: what its files are, for messages ("an npz (zip)").
+      magic: the bytes every file of the format starts with; the format is told by
+        them, not by the file's name.
+      extensions: file name endings (lower case) that name the format, for a file
+        about to be written.
+      layers: (source, name, *, block_bytes) -> (layer, kernel, bias) per layer, after
+        the whole file's keys, shapes and dtypes are checked.
+      write: (weights, target, *, naming) -> None; naming picks the weight names where
+        the format has several (h5; see `H5_NAMINGS`).
+      is_untrained: path -> whether the file carries the UNTRAINED mark.
+      mark_untrained: path -> None; adds that mark to a file `write` wrote.
+    """
+
+    name: str
+    title: str
+    magic: bytes
+    extensions: tuple[str, ...]
+    layers: Callable[..., Iterator[Layer]]
+    write: Callable[..., None]
+    is_untrained: Callable[[str], bool]
+    mark_untrained: Callable[[str], None]
+
+    def read(self, source: str | BinaryIO, name: str) -> Weights:
+        """Reads and checks a whole file into memory (RGB conv1_1, float32)."""
+        return {layer: (kernel, bias) for layer, kernel, bias in self.layers(source, name)}
+
+
+FORMATS: dict[str, WeightFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        WeightFormat(
+            name="npz",
+            title="an npz (zip)",
+            magic=NPZ_MAGIC,
+            extensions=(".npz",),
+            layers=iter_npz,
+            write=write_npz,
+            is_untrained=npz_is_untrained,
+            mark_untrained=mark_npz_untrained,
+        ),
+        WeightFormat(
+            name="h5",
+            title="an HDF5",
+            magic=H5_MAGIC,
+            extensions=(".h5", ".hdf5", ".keras"),
+            layers=iter_h5,
+            write=write_h5,
+            is_untrained=h5_is_untrained,
+            mark_untrained=mark_h5_untrained,
+        ),
+    )
+}
+# Bytes to read from the start of a file to tell its format.
+SNIFF_BYTES = max(len(fmt.magic) for fmt in FORMATS.values())
+
+
+def sniff_format(head: bytes) -> WeightFormat | None:
+    """The format whose magic `head` (a file's first SNIFF_BYTES bytes) starts with, or None."""
+    return next((fmt for fmt in FORMATS.values() if head.startswith(fmt.magic)), None)
+
+
+def format_for_name(path: str) -> WeightFormat | None:
+    """The format a file name's extension names (for a file about to be written), or None."""
+    lower = path.lower()
+    return next((fmt for fmt in FORMATS.values() if lower.endswith(fmt.extensions)), None)

@@ -3,7 +3,8 @@
 Sources: a local path to the seed's npz or to Keras' h5 (the format is sniffed from the
 file's first bytes, not its name), or "imagenet" for Keras' hash-checked download of the
 genuine weights. Synthesized weights are random: deterministic, in the real layouts, and
-never trained, so the labels they give are meaningless.
+never trained, so the labels they give are meaningless. Everything format-specific is in
+`vgg.weight_formats`; this module goes through its `FORMATS` registry.
 
     python -m vgg.weights synth --format npz --seed 0 --out /tmp/vgg16_untrained.npz
     python -m vgg.weights convert vgg16_weights.npz vgg16_weights.h5
@@ -26,40 +27,41 @@ import numpy as np
 
 from vgg.architecture import LAYER_NAMES, WEIGHT_SHAPES
 from vgg.weight_formats import (
+    FORMATS,
     H5_NAMINGS,
-    UNTRAINED_MARK,
-    RowBlocks,
+    SNIFF_BYTES,
+    Layer,
+    WeightFormat,
     Weights,
     WeightsError,
     check_weights,
-    iter_h5,
-    iter_npz,
-    npz_headers,
-    read_h5,
-    read_npz,
+    format_for_name,
     sniff_format,
-    write_h5,
-    write_npz,
 )
 
 __all__ = [
     "FORMATS",
     "IMAGENET",
+    "UNTRAINED_WARNING",
     "Weights",
     "WeightsError",
     "WeightsInfo",
     "apply_weights",
     "describe_weights",
-    "load_weights",
     "read_weights",
     "resolve_source",
     "save_weights",
     "sha256_file",
+    "stream_weights",
     "synth_weights",
+    "write_synth",
 ]
 
-FORMATS = ("npz", "h5")
 IMAGENET = "imagenet"
+# What every tool says, once, when the weights it uses are synthesized (WeightsInfo.untrained).
+UNTRAINED_WARNING = (
+    "UNTRAINED weights (synthesized random numbers): every label and embedding they give is meaningless."
+)
 # Keras applications' genuine VGG16 weights (include_top=True) and the hash Keras checks.
 KERAS_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/" + KERAS_WEIGHTS_FILE
@@ -121,7 +123,7 @@ def resolve_source(source: str) -> str:
         ) from error
 
 
-def _open_checked(source: str, sha256: str | None) -> tuple[str, str, str]:
+def _open_checked(source: str, sha256: str | None) -> tuple[str, WeightFormat, str]:
     path = resolve_source(source)
     if not os.path.exists(path):
         raise WeightsError(f"{path}: no such weights file.")
@@ -129,7 +131,7 @@ def _open_checked(source: str, sha256: str | None) -> tuple[str, str, str]:
         raise WeightsError(f"{path}: is a directory, not a weights file.")
     try:
         with open(path, "rb") as handle:
-            head = handle.read(8)
+            head = handle.read(SNIFF_BYTES)
         digest = sha256_file(path)
     except OSError as error:
         raise WeightsError(f"{path}: cannot be read ({error.strerror or error}).") from error
@@ -140,20 +142,16 @@ def _open_checked(source: str, sha256: str | None) -> tuple[str, str, str]:
         )
     fmt = sniff_format(head)
     if fmt is None:
+        kinds = " nor ".join(f.title for f in FORMATS.values())
         raise WeightsError(
-            f"{path}: neither an npz (zip) nor an HDF5 file (starts with {head!r}); "
+            f"{path}: neither {kinds} file (starts with {head!r}); "
             "pass the seed's vgg16_weights.npz or Keras' VGG16 .h5."
         )
     return path, fmt, digest
 
 
-def _is_untrained(path: str, fmt: str) -> bool:
-    if fmt == "npz":
-        return UNTRAINED_MARK in npz_headers(path, path)
-    import h5py  # noqa: PLC0415
-
-    with h5py.File(path, "r") as root:
-        return UNTRAINED_MARK in root.attrs
+def _info(path: str, fmt: WeightFormat, digest: str) -> WeightsInfo:
+    return WeightsInfo(path=path, format=fmt.name, sha256=digest, untrained=fmt.is_untrained(path))
 
 
 def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
@@ -166,25 +164,18 @@ def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
       WeightsError: naming the file and what is wrong with it.
     """
     path, fmt, digest = _open_checked(source, sha256)
-    layers = _layers(path, fmt)
+    layers = fmt.layers(path, path)
     try:
         next(layers)  # every key, shape and dtype is checked before the first (small) layer
     finally:
         layers.close()
-    return WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
-
-
-def _layers(
-    path: str, fmt: str, block_bytes: int | None = None
-) -> Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]]:
-    return (iter_npz if fmt == "npz" else iter_h5)(path, path, block_bytes=block_bytes)
+    return _info(path, fmt, digest)
 
 
 def read_weights(source: str, *, sha256: str | None = None) -> tuple[Weights, WeightsInfo]:
     """Reads and checks a whole weights file (see the module docstring for sources)."""
     path, fmt, digest = _open_checked(source, sha256)
-    weights = read_npz(path, path) if fmt == "npz" else read_h5(path, path)
-    return weights, WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
+    return fmt.read(path, path), _info(path, fmt, digest)
 
 
 def apply_weights(model, weights: Weights) -> None:
@@ -193,17 +184,9 @@ def apply_weights(model, weights: Weights) -> None:
         model.get_layer(layer).set_weights(list(weights[layer]))
 
 
-def load_weights(model, source: str, *, sha256: str | None = None) -> WeightsInfo:
-    """Reads, checks and sets weights on `model`; returns what was loaded."""
-    layers, info = stream_weights(source, sha256=sha256)
-    for layer, kernel, bias in layers:  # one layer in memory at a time
-        model.get_layer(layer).set_weights([kernel, bias])
-    return info
-
-
 def stream_weights(
     source: str, *, sha256: str | None = None, block_bytes: int | None = None
-) -> tuple[Iterator[tuple[str, np.ndarray | RowBlocks, np.ndarray]], WeightsInfo]:
+) -> tuple[Iterator[Layer], WeightsInfo]:
     """(layer, kernel, bias) one layer at a time, after the whole file's structure is checked.
 
     Keys, shapes and dtypes are validated before this returns, so a bad file raises here
@@ -211,21 +194,16 @@ def stream_weights(
     that come as `RowBlocks` (read a block at a time; use each before the next layer).
     """
     path, fmt, digest = _open_checked(source, sha256)
-    layers = _layers(path, fmt, block_bytes)
+    layers = fmt.layers(path, path, block_bytes=block_bytes)
     first = next(layers)  # runs the generator's checks now
-    info = WeightsInfo(path=path, format=fmt, sha256=digest, untrained=_is_untrained(path, fmt))
-    return itertools.chain([first], layers), info
+    return itertools.chain([first], layers), _info(path, fmt, digest)
 
 
 def save_weights(weights: Weights, path: str, *, format: str, naming: str = "keras2") -> None:
     """Writes weights in one of the real layouts ("npz": the seed's; "h5": Keras')."""
-    weights = check_weights(weights, path)
-    if format == "npz":
-        write_npz(weights, path)
-    elif format == "h5":
-        write_h5(weights, path, naming=naming)
-    else:
-        raise ValueError(f"format must be one of {FORMATS}. Received: format={format!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {tuple(FORMATS)}. Received: format={format!r}")
+    FORMATS[format].write(check_weights(weights, path), path, naming=naming)
 
 
 # Scales for synthesized weights. He-normal keeps activations at a steady size through
@@ -254,58 +232,43 @@ def synth_weights(seed: int = 0) -> Weights:
     return weights
 
 
-def _mark_untrained(path: str, fmt: str) -> None:
-    """Labels a synthesized file so that every later use can say it is untrained."""
-    if fmt == "h5":
-        import h5py  # noqa: PLC0415
-
-        with h5py.File(path, "a") as root:
-            root.attrs[UNTRAINED_MARK] = b"synthesized random weights; labels are meaningless"
-    else:
-        import zipfile  # noqa: PLC0415
-
-        with zipfile.ZipFile(path, "a") as archive:
-            with archive.open(UNTRAINED_MARK + ".npy", "w") as member:
-                np.lib.format.write_array(member, np.array(1, dtype=np.uint8))
-
-
 def _convert(source: str, target: str, fmt: str, naming: str) -> WeightsInfo:
     weights, info = read_weights(source)
     save_weights(weights, target, format=fmt, naming=naming)
-    if info.untrained:
-        _mark_untrained(target, fmt)
+    if info.untrained:  # a converted synthesized file stays labelled
+        FORMATS[fmt].mark_untrained(target)
     return info
 
 
 def write_synth(path: str, *, fmt: str, seed: int, naming: str = "keras2") -> None:
     """Synthesizes weights into `path`, labelled untrained inside the file."""
     save_weights(synth_weights(seed), path, format=fmt, naming=naming)
-    _mark_untrained(path, fmt)
+    FORMATS[fmt].mark_untrained(path)
 
 
 def _format_for(path: str, given: str | None) -> str:
     if given:
         return given
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        return "npz"
-    if ext in (".h5", ".hdf5", ".keras"):
-        return "h5"
-    raise SystemExit(f"error: cannot tell the format of {path!r} from its name; pass --format npz|h5")
+    fmt = format_for_name(path)
+    if fmt is None:
+        raise SystemExit(
+            f"error: cannot tell the format of {path!r} from its name; pass --format {'|'.join(FORMATS)}"
+        )
+    return fmt.name
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vgg.weights", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write deterministic random (UNTRAINED) weights")
-    synth.add_argument("--format", choices=FORMATS, required=True)
+    synth.add_argument("--format", choices=tuple(FORMATS), required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True)
     synth.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
     convert = sub.add_parser("convert", help="npz <-> h5, preserving what the network computes")
     convert.add_argument("input")
     convert.add_argument("output")
-    convert.add_argument("--format", choices=FORMATS, help="output format (default: from its name)")
+    convert.add_argument("--format", choices=tuple(FORMATS), help="output format (default: from its name)")
     convert.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
     inspect = sub.add_parser("inspect", help="check a weights file and print what it is")
     inspect.add_argument("input")

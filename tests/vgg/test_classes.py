@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import itertools
 import json
 import os
@@ -15,16 +16,20 @@ import numpy as np
 import pytest
 
 from vgg import classes
-from vgg.classes import NUM_CLASSES, ClassName, class_names, decode_predictions, top_k
+from vgg.architecture import NUM_CLASSES
+from vgg.classes import ClassName, class_names, decode_predictions, top_k
 
 # md5 that Keras pins for the class index it downloads
 # (keras/src/applications/imagenet_utils.py, `file_hash=` in decode_predictions).
 KERAS_CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
 
 
+def _packaged_bytes() -> bytes:
+    return (resources.files("vgg") / "data" / "imagenet_class_index.json").read_bytes()
+
+
 def _packaged_json() -> dict:
-    path = resources.files("vgg") / "data" / "imagenet_class_index.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(_packaged_bytes())
 
 
 # --- class_names ---------------------------------------------------------------
@@ -60,12 +65,18 @@ def test_class_names_loaded_once():
     assert class_names() is class_names()
 
 
-def test_packaged_json_is_keras_file_byte_for_byte_when_reserialised():
-    raw = _packaged_json()
-    assert list(raw) == [str(i) for i in range(1000)]
-    # Keras' file is `json.dumps` of the same dict on one line; our copy is one
-    # entry per line, so re-serialising must give back Keras' pinned md5.
-    assert hashlib.md5(json.dumps(raw).encode()).hexdigest() == KERAS_CLASS_INDEX_MD5
+def test_packaged_json_is_keras_file_byte_for_byte():
+    # The md5 the installed Keras checks its download against, read from its source, so
+    # that this fails if either our file or Keras' pinned file changes.
+    from keras.src.applications import imagenet_utils
+
+    pinned = re.findall(r'file_hash="([0-9a-f]{32})"', inspect.getsource(imagenet_utils.decode_predictions))
+    assert pinned == [KERAS_CLASS_INDEX_MD5]
+    data = _packaged_bytes()
+    assert hashlib.md5(data).hexdigest() == KERAS_CLASS_INDEX_MD5
+    # Keras' file is `json.dumps` of the mapping: one line, no trailing newline.
+    assert data == json.dumps(_packaged_json()).encode()
+    assert list(_packaged_json()) == [str(i) for i in range(1000)]
 
 
 def test_malformed_class_index_rejected():
@@ -224,15 +235,13 @@ def test_decode_predictions_matches_keras(tmp_path):
     """Keras' own decode_predictions, fed our file, gives the same wnids and labels.
 
     Keras reads the cached class index from $KERAS_HOME/models and only
-    downloads when the md5 differs, so a copy serialised as Keras' original
-    (checked against the pinned md5) keeps it offline. A subprocess because
-    KERAS_HOME is read once, when keras is imported.
+    downloads when the md5 differs, so a copy of our file (Keras' own, byte for
+    byte) keeps it offline. A subprocess because KERAS_HOME is read once, when
+    keras is imported.
     """
     models = tmp_path / "models"
     models.mkdir()
-    text = json.dumps(_packaged_json())
-    assert hashlib.md5(text.encode()).hexdigest() == KERAS_CLASS_INDEX_MD5
-    (models / "imagenet_class_index.json").write_text(text)
+    (models / "imagenet_class_index.json").write_bytes(_packaged_bytes())
 
     probs = np.random.default_rng(2).random((3, 1000)).astype(np.float32)
     np.save(tmp_path / "probs.npy", probs)

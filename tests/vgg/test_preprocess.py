@@ -5,18 +5,18 @@ import dataclasses
 import io
 import os
 import pathlib
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests import images
+from tests.conftest import SAMPLES
+from tests.images import BLUE, GREEN, RED, WHITE, encode, exif_tagged, png_header_only
 from vgg import preprocess
 from vgg.preprocess import (
     ALLOWED_FORMATS,
     ERROR_TYPES,
-    IMAGE_SIZE,
     MAX_PIXELS,
     RESIZE_MODES,
     DecodedImage,
@@ -26,7 +26,6 @@ from vgg.preprocess import (
     to_rgb,
 )
 
-SAMPLES = pathlib.Path(__file__).resolve().parents[2] / "samples"
 # (width, height) of each bundled photo, as listed in samples/README.md.
 SAMPLE_SIZES = {
     "astronaut.jpg": (512, 512),
@@ -36,16 +35,6 @@ SAMPLE_SIZES = {
     "retina.jpg": (1411, 1411),
     "rocket.jpg": (640, 427),
 }
-WHITE = (255, 255, 255)
-RED = (255, 0, 0)
-GREEN = (0, 255, 0)
-BLUE = (0, 0, 255)
-
-
-def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kwargs)
-    return buf.getvalue()
 
 
 def uniform(decoded: DecodedImage) -> tuple[int, ...]:
@@ -55,17 +44,6 @@ def uniform(decoded: DecodedImage) -> tuple[int, ...]:
     return tuple(int(c) for c in colours[0])
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose IHDR claims width x height but which holds no pixel data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
 @pytest.fixture(scope="session")
 def sample_bytes() -> dict[str, bytes]:
     return {name: (SAMPLES / name).read_bytes() for name in SAMPLE_SIZES}
@@ -73,22 +51,15 @@ def sample_bytes() -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def quadrants() -> Image.Image:
-    """64x48 RGB, top-left red, top-right green, bottom-left blue, rest white.
-
-    Asymmetric under every flip and rotation, so any wrong orientation shows.
-    """
-    arr = np.full((48, 64, 3), 255, dtype=np.uint8)
-    arr[:24, :32] = RED
-    arr[:24, 32:] = GREEN
-    arr[24:, :32] = BLUE
-    return Image.fromarray(arr)
+    """64x48 RGB, top-left red, top-right green, bottom-left blue, rest white."""
+    return images.quadrants(64, 48)
 
 
 # --- Constants and the public surface --------------------------------------
 
 
 def test_constants():
-    assert IMAGE_SIZE == 224
+    # The default resize mode comes first; decode_image and load_image default to it.
     assert RESIZE_MODES == ("squash", "center_crop")
     # Pillow's default limit is 1024 * 1024 * 1024 // 4 // 3 pixels.
     assert MAX_PIXELS == 89_478_485
@@ -98,15 +69,16 @@ def test_constants():
 
 
 def test_module_imports_only_pillow_numpy_and_stdlib():
-    # Beam workers and the launcher both import this; it must stay light.
+    # Beam workers and the launcher both import this; it must stay light. Its one import
+    # from this project is vgg.architecture, which imports nothing (test_architecture.py).
     tree = ast.parse(pathlib.Path(preprocess.__file__).read_text())
-    roots = set()
+    modules = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
+            modules.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            roots.add(node.module.split(".")[0])
-    assert roots == {"dataclasses", "io", "os", "struct", "numpy", "PIL"}
+            modules.add(node.module)
+    assert modules == {"dataclasses", "io", "os", "struct", "numpy", "PIL", "vgg.architecture"}
 
 
 def test_image_error_is_value_error_with_type():
@@ -336,18 +308,12 @@ ORIENTATION_TO_TRANSPOSE = {
 }
 
 
-def with_orientation(img: Image.Image, fmt: str, orientation: int) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encode(img, fmt, exif=exif)
-
-
 @pytest.mark.parametrize("orientation", sorted(ORIENTATION_TO_TRANSPOSE))
 @pytest.mark.parametrize("resize", RESIZE_MODES)
 def test_exif_rotated_png_equals_physically_rotated(quadrants, orientation, resize):
     # PNG is lossless, so both files hold exactly the same pixels and the
     # outputs must match exactly.
-    tagged = decode_image(with_orientation(quadrants, "PNG", orientation), resize=resize)
+    tagged = decode_image(exif_tagged(quadrants, "PNG", orientation), resize=resize)
     rotated = quadrants.transpose(ORIENTATION_TO_TRANSPOSE[orientation])
     expected = decode_image(encode(rotated, "PNG"), resize=resize)
     np.testing.assert_array_equal(tagged.pixels, expected.pixels)
@@ -359,7 +325,7 @@ def test_orientation_6_puts_top_left_at_top_right(quadrants):
     # Orientation 6 means "rotate 90 degrees clockwise to display": the
     # stored top-left (red) quadrant shows at the top right, the stored
     # top-right (green) at the bottom right. Sampled well inside quadrants.
-    out = decode_image(with_orientation(quadrants, "PNG", 6)).pixels
+    out = decode_image(exif_tagged(quadrants, "PNG", 6)).pixels
     assert tuple(out[10, 214]) == RED
     assert tuple(out[214, 214]) == GREEN
     assert tuple(out[10, 10]) == BLUE
@@ -370,7 +336,7 @@ def test_exif_rotated_jpeg_equals_physically_rotated(quadrants):
     # difference between the two JPEGs, so their decoded pixels are
     # identical. Rotating the untagged decode and storing it losslessly is
     # then "the physically rotated photo", and the outputs match exactly.
-    tagged = with_orientation(quadrants, "JPEG", 6)
+    tagged = exif_tagged(quadrants, "JPEG", 6)
     plain = encode(quadrants, "JPEG")
     with Image.open(io.BytesIO(plain)) as img:
         rotated = img.transpose(Image.Transpose.ROTATE_270)
@@ -389,7 +355,7 @@ def test_exif_orientation_still_applies_after_draft(sample_bytes, resize, tolera
     # intermediate rounding differs once the axes are swapped: 1 level.
     with Image.open(io.BytesIO(sample_bytes["astronaut.jpg"])) as img:
         img.load()
-        tagged = with_orientation(img, "JPEG", 6)
+        tagged = exif_tagged(img, "JPEG", 6)
         plain = encode(img, "JPEG")
     got = decode_image(tagged, resize=resize).pixels.astype(np.int16)
     expected = np.rot90(decode_image(plain, resize=resize).pixels, k=-1)
