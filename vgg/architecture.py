@@ -5,6 +5,8 @@ from __future__ import annotations
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
 FC7_DIM = 4096
+# Compute precisions the model supports, the default first.
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 # The ImageNet mean in RGB order, subtracted inside the graph as the 2016 seed did.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)

@@ -58,6 +58,10 @@ __all__ = [
     "synth_weights",
 ]
 
+# The one warning wherever synthesized weights are used (CLIs, the job, the report).
+UNTRAINED_WARNING = (
+    "UNTRAINED weights (synthesized random numbers): every label and embedding they give is meaningless."
+)
 FORMATS = ("npz", "h5")
 IMAGENET = "imagenet"
 # Keras applications' genuine VGG16 weights (include_top=True) and the hash Keras checks.
