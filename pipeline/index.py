@@ -28,12 +28,21 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+
+from pipeline.extras import MissingExtra, faiss
+from pipeline.outputs import (
+    EMBEDDING_KEYS,
+    METADATA_PREFIX,
+    UNTRAINED_WARNING,
+    decode_provenance,
+    disagreements,
+    is_untrained,
+)
 
 log = logging.getLogger("pipeline.index")
 
@@ -44,9 +53,8 @@ BATCH_ROWS = 4096  # rows read and added at once (64 MiB of fc7)
 TUNE_QUERIES = 256  # sampled rows whose exact neighbours are tracked during the build to tune nprobe
 TARGET_RECALL = 0.97  # nprobe is raised until the estimated recall@10 reaches this
 IDS_ROW_GROUP = 65_536
-# Provenance the index keeps; the first three change the vectors, so all inputs must agree.
-MUST_AGREE = ("weights_sha256", "resize", "precision")
-PROVENANCE = (*MUST_AGREE, "weights_name", "weights_untrained", "package_version")
+# Provenance the index keeps; all inputs must agree on the keys that change the vectors.
+PROVENANCE = (*EMBEDDING_KEYS, "weights_name", "weights_untrained", "package_version")
 IDS_SCHEMA = pa.schema([("row", pa.int64()), ("image_id", pa.string()), ("uri", pa.string())])
 
 
@@ -90,8 +98,7 @@ class ParquetEmbeddings:
                     f"{schema.names}"
                 )
             dims.add(schema.field("fc7").type.list_size)
-            meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-            found[path] = {k.removeprefix("vgg16."): v for k, v in meta.items() if k.startswith("vgg16.")}
+            found[path] = decode_provenance(schema.metadata)
         if len(dims) > 1:
             raise ValueError(
                 f"the predictions hold fc7 of several sizes {sorted(dims)}; index one run at a time."
@@ -127,19 +134,21 @@ class ArrayEmbeddings:
 
 
 def _agreed_provenance(found: dict[str, dict[str, str]]) -> dict[str, str]:
-    first = next(iter(found.values()))
-    for key in MUST_AGREE:
-        values = {path: meta.get(key) for path, meta in found.items()}
-        if None in values.values():
-            missing = [p for p, v in values.items() if v is None]
+    for path, values in found.items():
+        missing = [key for key in EMBEDDING_KEYS if key not in values]
+        if missing:
             raise ValueError(
-                f"{missing[0]} has no vgg16.{key} metadata, so a query cannot be embedded the same way; "
-                "index the predictions that pipeline.run writes."
+                f"{path} has no {METADATA_PREFIX}{missing[0]} metadata, so a query cannot be embedded the "
+                "same way; index the predictions that pipeline.run writes."
             )
-        if len(set(values.values())) > 1:
+    (first_path, first), *rest = found.items()
+    for path, values in rest:
+        differences = disagreements(first, values, EMBEDDING_KEYS)
+        if differences:
             raise ValueError(
-                f"the predictions disagree on {key} ({values}); their fc7 are not comparable. "
-                "Index the output of one run (or runs with the same weights, resize and precision)."
+                f"the predictions disagree on {'; '.join(differences)} ({first_path} -> {path}); their fc7 "
+                "are not comparable. Index the output of one run (or runs with the same weights, resize "
+                "and precision)."
             )
     return {key: first.get(key, "") for key in PROVENANCE}
 
@@ -366,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        faiss.require()
         source = ParquetEmbeddings(args.predictions, batch_rows=args.batch_rows)
         info = build_index(
             source,
@@ -377,18 +387,15 @@ def main(argv: list[str] | None = None) -> int:
             search_params=args.search_params,
             train_size=args.train_size,
         )
-    except (ValueError, RuntimeError) as error:  # faiss reports bad index keys as RuntimeError
+    except (ValueError, RuntimeError, MissingExtra) as error:  # faiss: bad index keys are RuntimeErrors
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"indexed {info['count']} images into {args.out}: {info['kind']} {info['index_key']} "
         f"({info['dim']}-d), {info['index_bytes'] / 2**20:.1f} MiB, {info['build_seconds']} s"
     )
-    if info["provenance"].get("weights_untrained") == "true":
-        print(
-            "WARNING: the embeddings come from UNTRAINED weights: neighbours are not meaningful.",
-            file=sys.stderr,
-        )
+    if is_untrained(info["provenance"]):
+        print(f"WARNING: {UNTRAINED_WARNING}", file=sys.stderr)
     return 0
 
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.io import stage_weights
+from pipeline import METRICS_NAMESPACE
+from pipeline.inputs import InputError, first_cause
+from vgg.architecture import PRECISIONS
 
 if getattr(_beam_inference, "resource", None) is None:
     # Beam imports the stdlib `resource` in the same try-block as its ModelManager, which
@@ -24,47 +32,87 @@ if getattr(_beam_inference, "resource", None) is None:
         pass
 
 
+_staged: dict[str, str] = {}
+
+
+def stage_weights(uri: str) -> str:
+    """A local path for a weights URI: remote files are copied once per process to a temp dir.
+
+    Raises:
+        InputError: the remote file cannot be read.
+    """
+    if uri == "imagenet" or "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    if uri not in _staged:
+        folder = tempfile.mkdtemp(prefix="vgg16-weights-")
+        local = os.path.join(folder, os.path.basename(uri) or "weights")
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        except (BeamIOError, OSError) as error:
+            raise InputError(f"--weights {uri!r} cannot be read: {first_cause(error)}") from error
+        _staged[uri] = local
+    return _staged[uri]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which model a worker loads and how it batches.
+
+    Attributes:
+        weights: npz or Keras h5 (local or remote), or "imagenet".
+        sha256: refuse weights with another digest (None: no check).
+        precision: one of vgg.architecture.PRECISIONS.
+        jit: compile the model with XLA.
+        min_batch_size, max_batch_size: the bounds of Beam's BatchElements.
+        share_model: one copy per machine for all SDK processes (Beam's large_model).
+    """
+
+    weights: str
+    sha256: str | None = None
+    precision: str = PRECISIONS[0]
+    jit: bool = False
+    min_batch_size: int = 1
+    max_batch_size: int = 32
+    share_model: bool = False
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}")
+        if not 1 <= self.min_batch_size <= self.max_batch_size:
+            raise ValueError(
+                "batch sizes must satisfy 1 <= min_batch_size <= max_batch_size. Received: "
+                f"min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}"
+            )
+
+
 class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
     """Runs `vgg.inference.Predictor` on batches of (224, 224, 3) uint8 arrays.
 
     RunInference keeps one loaded model per process, shared by all of its threads
-    (Beam's `Shared`), and batches with `BatchElements` between the given sizes. With
-    `large_model=True` one copy is shared by all SDK processes on a machine instead.
+    (Beam's `Shared`), and batches with `BatchElements` between the config's sizes. With
+    `share_model` one copy is shared by all SDK processes on a machine instead.
     Each result's inference is (probs (1000,), fc7 (4096,)) from the same forward pass;
     the input array is not kept in the result, to keep memory flat.
     """
 
-    def __init__(
-        self,
-        weights: str,
-        *,
-        sha256: str | None = None,
-        precision: str = "float32",
-        jit: bool = False,
-        min_batch_size: int = 1,
-        max_batch_size: int = 32,
-        large_model: bool = False,
-    ):
+    def __init__(self, config: ModelConfig):
         super().__init__(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
-            large_model=large_model,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            large_model=config.share_model,
         )
-        self._weights = weights
-        self._sha256 = sha256
-        self._precision = precision
-        self._jit = jit
-        self._max_batch_size = max_batch_size
+        self.config = config
 
     def load_model(self):
         from vgg.inference import Predictor  # TensorFlow is imported on workers only
 
         return Predictor(
-            stage_weights(self._weights),
-            sha256=self._sha256,
-            precision=self._precision,
-            jit=self._jit,
-            max_batch_size=self._max_batch_size,
+            stage_weights(self.config.weights),
+            sha256=self.config.sha256,
+            precision=self.config.precision,
+            jit=self.config.jit,
+            max_batch_size=self.config.max_batch_size,
         )
 
     def run_inference(
@@ -80,4 +128,4 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         return sum(a.nbytes for a in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "vgg16"
+        return METRICS_NAMESPACE

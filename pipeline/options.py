@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
 from collections.abc import Sequence
 
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-RESIZE_MODES = ("squash", "center_crop")
-PRECISIONS = ("float32", "bfloat16", "float16")
-DECODE_ISOLATION = ("subprocess", "none")
+from pipeline.inputs import MAX_INPUT_BYTES
+from pipeline.model_handler import ModelConfig
+from pipeline.transforms import DECODE_TIMEOUT_S, ISOLATION_MODES, DecodeConfig
+from vgg.architecture import PRECISIONS
+from vgg.preprocess import RESIZE_MODES
+
+log = logging.getLogger(__name__)
+
+# Beam's S3 flags that carry credentials; the environment or an IAM role is the place for them.
+SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
 
 
 class ConfigError(ValueError):
@@ -35,16 +44,16 @@ class VGGOptions(PipelineOptions):
         group.add_argument("--weights_sha256", default=None, help="refuse weights with another sha256")
         group.add_argument("--embeddings", action="store_true", default=False, help="also write fc7")
         group.add_argument("--top_k", type=int, default=5, help="labels per image")
-        group.add_argument("--resize", choices=RESIZE_MODES, default="squash", help="resize mode")
-        group.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute precision")
+        group.add_argument("--resize", choices=RESIZE_MODES, default=RESIZE_MODES[0], help="resize mode")
+        group.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0], help="compute precision")
         group.add_argument("--jit", action="store_true", default=False, help="compile the model with XLA")
         group.add_argument("--batch_size", type=int, default=16, help="largest inference batch")
         group.add_argument(
             "--min_batch_size",
             type=int,
             default=None,
-            help="smallest inference batch (default: --batch_size, i.e. full batches; batches "
-            "from 1 upwards cost ~8%% of throughput on CPU while Beam's batcher adapts)",
+            help="smallest inference batch (default: --batch_size, i.e. full batches, which are "
+            "faster than letting Beam's batcher grow from 1; see docs/benchmarks.md)",
         )
         group.add_argument(
             "--share_model",
@@ -79,11 +88,11 @@ class VGGOptions(PipelineOptions):
         )
         group.add_argument(
             "--decode_isolation",
-            choices=DECODE_ISOLATION,
-            default="subprocess",
-            help="'subprocess': decode in a child process per worker thread, so a crash in native "
-            "image code is one errors row (error_type crashed), not a dead worker; costs about "
-            "0.3-0.5 ms per image. 'none': decode in the worker itself (trusted inputs, "
+            choices=ISOLATION_MODES,
+            default=ISOLATION_MODES[0],
+            help="'subprocess': decode in a child process per decoder thread, so a crash in native "
+            "image code is one errors row (error_type crashed), not a dead worker (its cost per "
+            "image: docs/reliability.md). 'none': decode in the worker itself (trusted inputs, "
             "decode-bound GPU runs)",
         )
         group.add_argument(
@@ -96,14 +105,14 @@ class VGGOptions(PipelineOptions):
         group.add_argument(
             "--decode_timeout_s",
             type=float,
-            default=60.0,
+            default=DECODE_TIMEOUT_S,
             help="with --decode_isolation subprocess: an image that takes longer to decode becomes "
             "an errors row (error_type timeout); 0 for no limit",
         )
         group.add_argument(
             "--max_input_bytes",
             type=int,
-            default=256 * 2**20,
+            default=MAX_INPUT_BYTES,
             help="larger input files become errors rows (read, too_large) without being read to the end",
         )
         group.add_argument("--config", default=None, help="YAML file of these and Beam's options")
@@ -197,8 +206,72 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     if first.config:
         argv = [*config_to_argv(load_config(first.config), argv), *argv]
     args, beam_args = parser.parse_known_args(argv)
+    check_beam_args(beam_args)
     validate(args)
+    _warn_about_secret_flags(beam_args)
     return args, beam_args
+
+
+def check_beam_args(beam_args: Sequence[str]) -> None:
+    """Refuses what neither this job nor Beam recognises (Beam itself only logs and drops it).
+
+    A misspelled flag (--embedings) would otherwise run a whole job without what it asked for.
+
+    Raises:
+        ConfigError: naming the first unknown argument and the closest known flag.
+    """
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
+    _, unknown = parser.parse_known_args(list(beam_args))
+    if not unknown:
+        return
+    arg = unknown[0]
+    if not arg.startswith("--"):
+        raise ConfigError(f"unrecognized argument {arg!r}: every option is a --flag (see --help).")
+    known = [flag for action in parser._actions for flag in action.option_strings]
+    suggestions = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+    hint = f" (did you mean {suggestions[0]}?)" if suggestions else ""
+    raise ConfigError(
+        f"unrecognized option {arg.split('=', 1)[0]}{hint}: neither this job nor Beam's pipeline "
+        "options know it; nothing was run (see --help)."
+    )
+
+
+def _warn_about_secret_flags(beam_args: Sequence[str]) -> None:
+    given = {arg.split("=", 1)[0] for arg in beam_args if arg.startswith("--")}
+    for flag in sorted(given & set(SECRET_FLAGS)):
+        # Never the value: only that the flag was used.
+        log.warning(
+            "%s was given on the command line: pipeline options are shown in runner UIs, logs and "
+            "the job's display data. Prefer the environment (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the workers' IAM role.",
+            flag,
+        )
+
+
+def model_config(args: argparse.Namespace, *, sha256: str | None) -> ModelConfig:
+    """The model a worker loads, from the parsed options (sha256: the launcher's digest of the weights)."""
+    return ModelConfig(
+        weights=args.weights,
+        sha256=sha256,
+        precision=args.precision,
+        jit=args.jit,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.batch_size,
+        share_model=args.share_model,
+    )
+
+
+def decode_config(args: argparse.Namespace) -> DecodeConfig:
+    """How workers decode, from the parsed options; they decode up to two batches ahead of the model."""
+    return DecodeConfig(
+        resize=args.resize,
+        isolation=args.decode_isolation,
+        timeout_s=args.decode_timeout_s or None,
+        threads=args.decode_threads,
+        prefetch=2 * args.batch_size,
+    )
 
 
 def validate(args: argparse.Namespace) -> None:

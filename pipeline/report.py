@@ -21,11 +21,12 @@ import sys
 from collections.abc import Iterator
 
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from PIL import Image, ImageOps
 
-from pipeline.io import read_bytes
+from pipeline.extras import MissingExtra
+from pipeline.inputs import read_bytes
+from pipeline.outputs import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained, match
 from vgg.preprocess import MAX_PIXELS, to_rgb
 
 log = logging.getLogger("pipeline.report")
@@ -49,24 +50,14 @@ def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _match(pattern: str) -> list[str]:
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except (BeamIOError, OSError):
-        return []
-
-
 def read_rows(pattern: str, columns: list[str], limit: int) -> tuple[list[dict], int, dict[str, str]]:
     """The first `limit` rows of the matched Parquet files, their total row count, and provenance."""
     rows, total, provenance = [], 0, {}
-    for path in _match(pattern):
+    for path in match(pattern):
         with FileSystems.open(path, compression_type="uncompressed") as handle:
             parquet = pq.ParquetFile(handle)
             total += parquet.metadata.num_rows
-            meta = parquet.schema_arrow.metadata or {}
-            provenance = provenance or {
-                k.decode().removeprefix("vgg16."): v.decode() for k, v in meta.items()
-            }
+            provenance = provenance or decode_provenance(parquet.schema_arrow.metadata)
             for batch in parquet.iter_batches(1024, columns=columns):
                 if len(rows) >= limit:
                     break
@@ -161,20 +152,17 @@ def write_report(
     rows, total, provenance = read_rows(
         predictions, ["image_id", "uri", "width", "height", "labels"], max_images
     )
-    if not total and not _match(predictions):
+    if not total and not match(predictions):
         raise ValueError(f"--predictions {predictions!r} matches no files; pass OUT/predictions-*.parquet.")
-    if errors is None and "predictions-" in predictions:  # the run's errors shards lie beside its predictions
-        head, _, tail = predictions.rpartition("predictions-")
-        errors = f"{head}errors-{tail}"
+    if errors is None and f"{PREDICTIONS}-" in predictions:  # the run's errors shards lie beside them
+        head, _, tail = predictions.rpartition(f"{PREDICTIONS}-")
+        errors = f"{head}{ERRORS}-{tail}"
     error_columns = ["image_id", "uri", "stage", "error_type", "message"]
     error_rows, error_total, _ = read_rows(errors, error_columns, max_errors) if errors else ([], 0, {})
     thumbs = Thumbnails(thumb_px)
     body = [
         f"<header><h1>VGG16 labels: {total} images labelled, {error_total} failed</h1>",
-        '<p class="untrained">UNTRAINED weights (synthesized random numbers): every label and neighbour '
-        "on this page is meaningless.</p>"
-        if provenance.get("weights_untrained") == "true"
-        else "",
+        f'<p class="untrained">{_esc(UNTRAINED_WARNING)}</p>' if is_untrained(provenance) else "",
         '<dl class="provenance">',
         *(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in sorted(provenance.items())),
         "</dl></header>",
@@ -241,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             k=args.k,
             thumb_px=args.thumb_px,
         )
-    except ValueError as error:
+    except (ValueError, MissingExtra) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -1,76 +1,96 @@
-"""Resuming into an existing output: the shards already there, this attempt's names, the inputs still to do.
+"""Re-runs and --resume: what a run does with the shards already in its output, and what is still to do.
 
-A first run writes `predictions-00000-of-00004.parquet`; resumed attempt n writes
-`predictions-r00n-00000-of-00002.parquet` beside it, so no shard is ever overwritten and
-every shard still matches `predictions-*-of-*.parquet` (what readers and a replacing
-re-run look for). Inputs whose image_id is already in a predictions shard are skipped;
-so are those in an errors shard, unless --retry_errors: then they are labelled again,
-the errors rows of inputs not in this run's input are carried over into this attempt's
-errors shards, and the old errors shards are deleted once the job has written its own.
+Without --resume a run replaces the output's shards. With it, the shards stay: inputs
+whose image_id is already in a predictions shard are skipped; so are those in an errors
+shard, unless --retry_errors: then they are labelled again, the errors rows of inputs
+not in this run's input are carried over into this attempt's errors shards, and the old
+errors shards are deleted once the job has written its own. This attempt's shards get
+their own names (pipeline.outputs.shard_prefix), so no shard is ever overwritten.
 Either way the union of all shards holds each input exactly once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import logging
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
-from pipeline import io
+from pipeline import METRICS_NAMESPACE
+from pipeline.inputs import image_id
 from pipeline.options import ConfigError
+from pipeline.outputs import (
+    TABLE_KEYS,
+    Shards,
+    decode_provenance,
+    disagreements,
+    find_shards,
+    read_schema,
+    remove_empty_temp_dirs,
+    remove_shards,
+)
 
-_ATTEMPT = re.compile(r"-r(\d+)-\d+-of-\d+\.parquet$")
-# Provenance that must match for old and new rows to belong in one table.
-_MUST_MATCH = ("weights_sha256", "resize", "precision", "top_k")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class Previous:
-    """The shards of earlier runs in an output directory."""
+class Plan:
+    """What this run does with the shards already in --output."""
 
-    predictions: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-
-    @property
-    def paths(self) -> tuple[str, ...]:
-        return self.predictions + self.errors
+    output: str
+    previous: Shards = Shards()
+    retry_errors: bool = False
 
     @property
-    def next_attempt(self) -> int:
-        """1 + the highest attempt number found (a first run's shards count as attempt 0)."""
-        found = [int(m.group(1)) for p in self.paths if (m := _ATTEMPT.search(p))]
-        return max(found, default=0) + 1 if self.paths else 0
+    def attempt(self) -> int:
+        """This run's attempt number: 0 for a fresh output, else 1 + the highest found."""
+        return self.previous.next_attempt
+
+    def skip_done(self, uris):
+        """uris -> (the uris still to do, [old errors rows to carry into this attempt's shards])."""
+        if not self.previous.paths:
+            return uris, []
+        plan = uris | "SkipDone" >> SkipDone(self.previous, retry_errors=self.retry_errors)
+        return plan["todo"], [plan["carried"]]
+
+    def finish(self) -> None:
+        """After the job: tidy the output; with --retry_errors, drop the replaced errors shards."""
+        remove_empty_temp_dirs(self.output)
+        if self.retry_errors and self.previous.errors:
+            # Their rows are in this attempt's errors shards now (carried or retried).
+            log.info("replacing %d earlier errors shard(s)", len(self.previous.errors))
+            FileSystems.delete(list(self.previous.errors))
 
 
-def find_previous(output: str) -> Previous:
-    paths = io.existing_outputs(output)
+def prepare(
+    output: str, *, resume: bool, retry_errors: bool, provenance: dict[str, str], embeddings: bool
+) -> Plan:
+    """On the launcher: replace the output's shards, or check that they can be resumed.
 
-    def named(name: str) -> tuple[str, ...]:
-        return tuple(p for p in paths if p.replace("\\", "/").rsplit("/", 1)[-1].startswith(f"{name}-"))
+    Raises:
+        ConfigError: --resume into shards written with other weights or settings.
+    """
+    found = find_shards(output)
+    if not resume:
+        remove_shards(found.paths)
+        return Plan(output)
+    check_compatible(found, provenance, embeddings=embeddings)
+    if found.paths:
+        log.info(
+            "resuming: %d predictions and %d errors shards already in %s; new shards are attempt r%03d",
+            len(found.predictions),
+            len(found.errors),
+            output,
+            found.next_attempt,
+        )
+    return Plan(output, found, retry_errors)
 
-    return Previous(predictions=named(io.PREDICTIONS_PREFIX), errors=named(io.ERRORS_PREFIX))
 
-
-def shard_prefix(output: str, name: str, attempt: int) -> str:
-    """The file prefix WriteToParquet gets: `output/name` for attempt 0, else `output/name-r00n`."""
-    base = io.output_prefix(output, name)
-    return base if attempt == 0 else f"{base}-r{attempt:03d}"
-
-
-def _footer(path: str) -> tuple[dict[str, str], list[str]]:
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        schema = pq.read_schema(handle)
-    metadata = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    return metadata, schema.names
-
-
-def check_compatible(previous: Previous, metadata: dict[str, str], *, embeddings: bool) -> None:
-    """Refuses to resume into shards written with other weights or settings (on the launcher).
+def check_compatible(previous: Shards, provenance: dict[str, str], *, embeddings: bool) -> None:
+    """Refuses to resume into shards written with other weights or settings.
 
     Raises:
         ConfigError: naming the setting that differs, its old and new value.
@@ -79,19 +99,15 @@ def check_compatible(previous: Previous, metadata: dict[str, str], *, embeddings
         return
     path = (previous.predictions or previous.errors)[0]
     try:
-        found, names = _footer(path)
+        schema = read_schema(path)
     except Exception as error:  # a shard we cannot read cannot be resumed from
         raise ConfigError(
             f"--resume: cannot read the existing shard {path} ({error}); "
             "run without --resume to replace the output."
         ) from error
-    differences = [
-        f"{key} {found.get(f'vgg16.{key}')!r} -> {metadata[key]!r}"
-        for key in _MUST_MATCH
-        if found.get(f"vgg16.{key}") != metadata[key]
-    ]
-    if previous.predictions and ("fc7" in names) != embeddings:
-        differences.append(f"embeddings {'fc7' in names} -> {embeddings}")
+    differences = disagreements(decode_provenance(schema.metadata), provenance, TABLE_KEYS)
+    if previous.predictions and ("fc7" in schema.names) != embeddings:
+        differences.append(f"embeddings {'fc7' in schema.names} -> {embeddings}")
     if differences:
         raise ConfigError(
             f"--resume: the output was written with other settings ({'; '.join(differences)}); "
@@ -107,8 +123,8 @@ class _Plan(beam.DoFn):
 
     def __init__(self, retry_errors: bool):
         self._retry_errors = retry_errors
-        self._skipped = Metrics.counter("vgg16", "inputs_skipped")
-        self._retried = Metrics.counter("vgg16", "errors_retried")
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "inputs_skipped")
+        self._retried = Metrics.counter(METRICS_NAMESPACE, "errors_retried")
 
     def process(self, element):
         _, groups = element
@@ -131,14 +147,14 @@ class _Plan(beam.DoFn):
 class SkipDone(beam.PTransform):
     """uris -> {"todo": uris not yet in the output, "carried": old errors rows to rewrite}."""
 
-    def __init__(self, previous: Previous, *, retry_errors: bool):
+    def __init__(self, previous: Shards, *, retry_errors: bool):
         super().__init__()
         self._previous = previous
         self._retry_errors = retry_errors
 
     def expand(self, uris):
         pipeline = uris.pipeline
-        keyed = uris | "KeyInputs" >> beam.Map(lambda uri: (io.image_id(uri), uri))
+        keyed = uris | "KeyInputs" >> beam.Map(lambda uri: (image_id(uri), uri))
         labelled = (
             pipeline
             | "OldPredictionShards" >> beam.Create(list(self._previous.predictions))

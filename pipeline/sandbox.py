@@ -11,8 +11,8 @@ call starts a new child; when a call runs past `timeout_s` the child is killed a
 
 The child's replies are raw pixels and JSON, never pickles, so whatever happens in the
 child cannot make the worker run code. This is crash containment, not a security
-sandbox: the child runs as the same user with the same access as the worker.
-Cost: about 0.3-0.5 ms per image (README, "Crash containment").
+sandbox: the child runs as the same user with the same access as the worker. Its cost
+per image is measured in docs/reliability.md ("Crash containment").
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from vgg.errors import ClassifiedError
 from vgg.preprocess import DecodedImage, ImageError, decode_image
 
 _LENGTH = struct.Struct(">Q")
@@ -39,15 +40,16 @@ _PIXELS_HEADER = struct.Struct(">IIIII")  # width, height, then the pixel array'
 _START_TIMEOUT_S = 120.0
 
 
-class DecoderCrashed(RuntimeError):
+# The decode-stage error types this module adds to the decoder's own (vgg.preprocess.ERROR_TYPES).
+DECODER_ERROR_TYPES = {
+    "crashed": "the decoder process died on this input (e.g. a segfault in a native library)",
+    "timeout": "decoding ran past --decode_timeout_s; the decoder process was killed",
+    "decode_error": "the decoder raised an unexpected exception (a bug, not a known bad input)",
+}
+
+
+class DecoderCrashed(ClassifiedError):
     """The decoder process died ("crashed") or ran past its time limit ("timeout")."""
-
-    def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
-
-    def __reduce__(self):
-        return type(self), (self.error_type, str(self))
 
 
 class DecodeFailed(RuntimeError):

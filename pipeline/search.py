@@ -21,19 +21,19 @@ from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from pipeline.extras import MissingExtra, faiss  # noqa: E402
 from pipeline.index import IDS_FILE, INDEX_FILE, INFO_FILE, normalize  # noqa: E402
-from pipeline.io import ReadError, read_bytes, stage_weights  # noqa: E402
+from pipeline.inputs import ReadError, read_bytes  # noqa: E402
+from pipeline.model_handler import stage_weights  # noqa: E402
+from pipeline.outputs import UNTRAINED_WARNING, is_untrained  # noqa: E402
 from vgg.preprocess import ImageError, decode_image  # noqa: E402
 from vgg.weights import WeightsError, resolve_source, sha256_file  # noqa: E402
 
 log = logging.getLogger("pipeline.search")
-
-UNTRAINED_WARNING = "the index holds fc7 of UNTRAINED weights: its neighbours are not meaningful."
 
 
 class WeightsMismatch(ValueError):
@@ -73,7 +73,7 @@ class EmbeddingIndex:
 
     @property
     def untrained(self) -> bool:
-        return self.provenance.get("weights_untrained") == "true"
+        return is_untrained(self.provenance)
 
     def search(self, fc7: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """The k nearest indexed images of each row of fc7 (n, input_dim), best first."""
@@ -228,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.image and not args.weights:
         parser.error("--image needs --weights (the weights the index was built with)")
     try:
+        faiss.require()
         searcher = Searcher(args.index, weights=args.weights, search_params=args.search_params)
         hits = searcher.by_image(args.image, args.k) if args.image else searcher.by_id(args.image_id, args.k)
-    except (ValueError, WeightsError, ReadError, ImageError) as error:
+    except (ValueError, WeightsError, ReadError, ImageError, MissingExtra) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_hits(hits, as_json=args.json))

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
 import pyarrow.parquet as pq
 
+from pipeline.outputs import (
+    ERRORS,
+    PREDICTIONS,
+    UNTRAINED_WARNING,
+    decode_provenance,
+    is_untrained,
+    match,
+    shard_glob,
+)
 
-def _read(output: str, name: str):
-    files = sorted(glob.glob(os.path.join(output, f"{name}-*-of-*.parquet")))
+
+def _read(output: str, table: str):
+    files = match(shard_glob(output, table))
     return pq.ParquetDataset(files).read() if files else None
 
 
@@ -20,15 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="the job's --output directory (local)")
     parser.add_argument("--rows", type=int, default=10, help="rows to show")
     args = parser.parse_args(argv)
-    predictions = _read(args.output, "predictions")
-    errors = _read(args.output, "errors")
+    predictions = _read(args.output, PREDICTIONS)
+    errors = _read(args.output, ERRORS)
     if predictions is None and errors is None:
         print(f"error: no predictions-*.parquet or errors-*.parquet in {args.output}", file=sys.stderr)
         return 2
     if predictions is not None:
-        meta = predictions.schema.metadata or {}
-        if meta.get(b"vgg16.weights_untrained") == b"true":
-            print("(UNTRAINED weights: these labels are meaningless)")
+        if is_untrained(decode_provenance(predictions.schema.metadata)):
+            print(f"({UNTRAINED_WARNING})")
         print(f"{len(predictions)} labelled:")
         print(f"  {'image':<28} {'size':>11}  top-1 (score)              top-2 (score)")
         for row in predictions.slice(0, args.rows).to_pylist():

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -15,24 +17,57 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.io import ReadError, image_id, read_bytes
+from pipeline import METRICS_NAMESPACE
+from pipeline.inputs import ReadError, image_id, read_bytes
 from pipeline.model_handler import VGG16ModelHandler
+from pipeline.outputs import ERRORS, PREDICTIONS, error_row, prediction_rows
 from pipeline.sandbox import DecodeFailed, DecoderCrashed, IsolatedDecoder
-from pipeline.schema import error_row, prediction_rows
-from vgg.preprocess import ImageError, decode_image
+from vgg.preprocess import RESIZE_MODES, ImageError, decode_image
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "vgg16"
-ERRORS = "errors"
-# "subprocess": decode in a child process per DoFn instance (crashes contained);
+# "subprocess": decode in a child process per decoder thread (crashes contained);
 # "none": decode in the worker's own process (no per-image overhead, no containment).
 ISOLATION_MODES = ("subprocess", "none")
 DECODE_TIMEOUT_S = 60.0
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """How a worker turns image bytes into model input.
+
+    Attributes:
+        resize: one of vgg.preprocess.RESIZE_MODES.
+        isolation: one of ISOLATION_MODES.
+        timeout_s: longest one isolated decode may take, or None for no limit.
+        threads: decoder threads per DoFn instance (each with its own child when isolated).
+        prefetch: images handed to the decoder threads ahead of the model.
+        decode: the decoding function (importable by reference; tests swap in others).
+    """
+
+    resize: str = RESIZE_MODES[0]
+    isolation: str = ISOLATION_MODES[0]
+    timeout_s: float | None = DECODE_TIMEOUT_S
+    threads: int = 1
+    prefetch: int = 32
+    decode: Callable = decode_image
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={self.resize!r}")
+        if self.isolation not in ISOLATION_MODES:
+            raise ValueError(
+                f"isolation must be one of {ISOLATION_MODES}. Received: isolation={self.isolation!r}"
+            )
+        if self.threads < 1 or self.prefetch < 0:
+            raise ValueError(
+                f"threads must be >= 1 and prefetch >= 0. Received: threads={self.threads}, "
+                f"prefetch={self.prefetch}"
+            )
+
+
 def _failed(stage: str):
-    return Metrics.counter(NAMESPACE, f"failed_{stage}")
+    return Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}")
 
 
 class ReadImage(beam.DoFn):
@@ -40,7 +75,7 @@ class ReadImage(beam.DoFn):
 
     def __init__(self, reader=read_bytes):
         self._reader = reader
-        self._read = Metrics.counter(NAMESPACE, "images_read")
+        self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._failed = _failed("read")
 
     def process(self, uri: str):
@@ -64,47 +99,29 @@ class DecodeImage(beam.DoFn):
     """(image_id, uri, bytes) -> ((image_id, uri, width, height), uint8 224x224x3 pixels).
 
     Only the compact preprocessed array travels on to the model; bad images become
-    errors rows with the decoder's error_type. With isolation="subprocess" (the
+    errors rows with the decoder's error_type. With isolation "subprocess" (the
     default) decoding runs in child processes (pipeline.sandbox), so a crash in
     Pillow's native code, or a decode running past timeout_s, becomes one errors row
     ("crashed", "timeout") instead of killing the worker.
 
     Decoding runs ahead of the model: up to `prefetch` images are handed to `threads`
-    decoder threads (each with its own child process when isolated) while the model is
-    busy with the previous batch, so decode CPU overlaps inference instead of adding to
-    it. Outputs keep the input order; what is still in flight leaves in finish_bundle.
+    decoder threads while the model is busy with the previous batch, so decode CPU
+    overlaps inference instead of adding to it. Outputs keep the input order; what is
+    still in flight leaves in finish_bundle.
     """
 
-    def __init__(
-        self,
-        resize: str,
-        *,
-        isolation: str = "subprocess",
-        timeout_s: float | None = DECODE_TIMEOUT_S,
-        decode=decode_image,
-        threads: int = 1,
-        prefetch: int = 32,
-    ):
-        if isolation not in ISOLATION_MODES:
-            raise ValueError(f"isolation must be one of {ISOLATION_MODES}. Received: isolation={isolation!r}")
-        if threads < 1 or prefetch < 0:
-            raise ValueError(f"threads must be >= 1 and prefetch >= 0. Received: {threads=}, {prefetch=}")
-        self._resize = resize
-        self._isolation = isolation
-        self._timeout_s = timeout_s or None
-        self._decode_fn = decode
-        self._threads = threads
-        self._prefetch = prefetch
+    def __init__(self, config: DecodeConfig):
+        self._config = config
         self._pool = None
         self._failed = _failed("decode")
-        self._crashes = Metrics.counter(NAMESPACE, "decoder_crashes")
-        self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms")
+        self._crashes = Metrics.counter(METRICS_NAMESPACE, "decoder_crashes")
+        self._decode_ms = Metrics.distribution(METRICS_NAMESPACE, "decode_ms")
 
     def setup(self):
         self._local = threading.local()
         self._decoders: list[IsolatedDecoder] = []
         self._decoders_lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="decode")
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._config.threads, thread_name_prefix="decode")
         self._pending: collections.deque = collections.deque()
 
     def teardown(self):
@@ -116,11 +133,12 @@ class DecodeImage(beam.DoFn):
 
     def _decoder(self):
         """This thread's decoder: its own child process when isolated."""
-        if self._isolation == "none":
-            return self._decode_fn
+        if self._config.isolation == "none":
+            return self._config.decode
         decoder = getattr(self._local, "decoder", None)
         if decoder is None:
-            decoder = self._local.decoder = IsolatedDecoder(self._decode_fn, timeout_s=self._timeout_s)
+            decoder = IsolatedDecoder(self._config.decode, timeout_s=self._config.timeout_s or None)
+            self._local.decoder = decoder
             with self._decoders_lock:
                 self._decoders.append(decoder)
         return decoder
@@ -130,7 +148,7 @@ class DecodeImage(beam.DoFn):
         key, uri, data = element
         start = time.perf_counter()
         try:
-            image = self._decoder()(data, resize=self._resize)
+            image = self._decoder()(data, resize=self._config.resize)
         except ImageError as error:
             return "error", error_row(key, uri, "decode", error.error_type, str(error)), None
         except DecoderCrashed as error:
@@ -157,7 +175,7 @@ class DecodeImage(beam.DoFn):
         if self._pool is None:  # setup() not called (a DoFn used outside Beam)
             self.setup()
         self._pending.append(self._pool.submit(self._decode_one, element))
-        while len(self._pending) > self._prefetch:
+        while len(self._pending) > self._config.prefetch:
             yield self._outputs(self._pending.popleft().result())
 
     def finish_bundle(self):
@@ -205,7 +223,7 @@ class FormatPredictions(beam.DoFn):
     def __init__(self, top_k: int, embeddings: bool):
         self._top_k = top_k
         self._embeddings = embeddings
-        self._labelled = Metrics.counter(NAMESPACE, "images_labelled")
+        self._labelled = Metrics.counter(METRICS_NAMESPACE, "images_labelled")
 
     def process(self, element):
         key, result = element
@@ -224,46 +242,37 @@ def failed_batch_rows(failure):
         yield error_row(key, uri, "inference", "inference_error", str(error_repr))
 
 
-class LabelImages(beam.PTransform):
-    """URIs -> {"predictions": rows, "errors": rows}; each URI lands in exactly one of them."""
+class ReadImages(beam.PTransform):
+    """URIs -> {"images": (image_id, uri, bytes), "errors": rows}; each URI lands in one of them."""
 
-    def __init__(
-        self,
-        handler: VGG16ModelHandler,
-        *,
-        resize: str = "squash",
-        top_k: int = 5,
-        embeddings: bool = False,
-        reader=read_bytes,
-        decode_isolation: str = "subprocess",
-        decode_timeout_s: float | None = DECODE_TIMEOUT_S,
-        decode=decode_image,
-        decode_threads: int = 1,
-        decode_prefetch: int = 32,
-    ):
+    def __init__(self, reader=read_bytes):
         super().__init__()
-        self._handler = handler
-        self._resize = resize
-        self._top_k = top_k
-        self._embeddings = embeddings
         self._reader = reader
-        self._decode = DecodeImage(
-            resize,
-            isolation=decode_isolation,
-            timeout_s=decode_timeout_s,
-            decode=decode,
-            threads=decode_threads,
-            prefetch=decode_prefetch,
-        )
 
     def expand(self, uris):
         read = uris | "Read" >> beam.ParDo(ReadImage(self._reader)).with_outputs(ERRORS, main="images")
-        decoded = read.images | "Decode" >> beam.ParDo(self._decode).with_outputs(ERRORS, main="pixels")
+        return {"images": read.images, ERRORS: read[ERRORS]}
+
+
+class LabelImages(beam.PTransform):
+    """(image_id, uri, bytes) -> {"predictions": rows, "errors": rows}; each image lands in one of them."""
+
+    def __init__(self, handler: VGG16ModelHandler, decode: DecodeConfig, *, top_k: int, embeddings: bool):
+        super().__init__()
+        self._handler = handler
+        self._decode = decode
+        self._top_k = top_k
+        self._embeddings = embeddings
+
+    def expand(self, images):
+        decoded = images | "Decode" >> beam.ParDo(DecodeImage(self._decode)).with_outputs(
+            ERRORS, main="pixels"
+        )
         results, failed = (
             decoded.pixels
             | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
         )
         predictions = results | "Format" >> beam.ParDo(FormatPredictions(self._top_k, self._embeddings))
         inference_errors = failed.failed_inferences | "InferenceErrors" >> beam.FlatMap(failed_batch_rows)
-        errors = (read[ERRORS], decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
-        return {"predictions": predictions, "errors": errors}
+        errors = (decoded[ERRORS], inference_errors) | "AllErrors" >> beam.Flatten()
+        return {PREDICTIONS: predictions, ERRORS: errors}

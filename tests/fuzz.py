@@ -171,7 +171,7 @@ def fuzz_pipeline(count: int, seed: int, folder: pathlib.Path) -> tuple[int, int
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.transforms import LabelImages
+    from pipeline.transforms import DecodeConfig, LabelImages, ReadImages
     from tests.pipeline.fakes import FakeHandler
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -181,11 +181,15 @@ def fuzz_pipeline(count: int, seed: int, folder: pathlib.Path) -> tuple[int, int
         uris.append(str(folder / name))
     rows = folder / "rows.jsonl"
     with TestPipeline() as p:
-        out = p | beam.Create(uris) | LabelImages(FakeHandler(max_batch_size=16))
+        read = p | beam.Create(uris) | ReadImages()
+        out = read["images"] | LabelImages(
+            FakeHandler(max_batch_size=16), DecodeConfig(), top_k=5, embeddings=False
+        )
+        errors = (read["errors"], out["errors"]) | "AllErrors" >> beam.Flatten()
         (
             (
                 out["predictions"] | "P" >> beam.Map(lambda r: ("prediction", r["uri"])),
-                out["errors"] | "E" >> beam.Map(lambda r: (f"{r['stage']}/{r['error_type']}", r["uri"])),
+                errors | "E" >> beam.Map(lambda r: (f"{r['stage']}/{r['error_type']}", r["uri"])),
             )
             | beam.Flatten()
             | beam.Map(json.dumps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from pipeline.model_handler import VGG16ModelHandler
+from pipeline.model_handler import ModelConfig, VGG16ModelHandler
 
 
 class FakeModel:
@@ -22,8 +22,8 @@ class FakeModel:
 class FakeHandler(VGG16ModelHandler):
     """VGG16ModelHandler with FakeModel; `fail_on` raises for batches holding that pixel value."""
 
-    def __init__(self, fail_on: int | None = None, **kwargs):
-        super().__init__("unused.npz", **kwargs)
+    def __init__(self, fail_on: int | None = None, **config):
+        super().__init__(ModelConfig("unused.npz", **config))
         self._fail_on = fail_on
 
     def load_model(self):

@@ -4,77 +4,24 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from benchmarks.index_recall import SyntheticFc7, exact_search, recall_at
 from pipeline import index as index_module
 from pipeline.index import ParquetEmbeddings, build_index, choose_index, fit_pca, normalize
-from pipeline.schema import predictions_schema
+from pipeline.outputs import predictions_schema
 from pipeline.search import EmbeddingIndex
-from tests.conftest import SAMPLES
-from tests.pipeline.jobs import run_job
-
-HOSTILE_NAME = "<img src=x onerror=alert(1)>.jpg"  # a legal file name that is also HTML
-MAGENTA = (255, 0, 255)  # a colour no sample photo holds: easy to count on a screenshot
-METADATA = {
-    "weights_name": "w.npz",
-    "weights_sha256": "ab" * 32,
-    "weights_untrained": "true",
-    "resize": "squash",
-    "precision": "float32",
-    "top_k": "5",
-    "package_version": "0.1.0",
-}
-_RUNS: dict[str, pathlib.Path] = {}
-
-
-def labelled_run(tmp_path_factory, npz_path: str) -> pathlib.Path:
-    """One `pipeline.run --embeddings` shared by the index, search and report tests.
-
-    Inputs: the sample photos, a solid magenta 300x200 PNG,
-    and a text file whose name is HTML (an errors row with a hostile URI). Cached in this
-    module, so the three test modules run the pipeline once per session.
-    """
-    if "out" not in _RUNS:
-        root = tmp_path_factory.mktemp("labelled")
-        inputs = root / "inputs"
-        inputs.mkdir()
-        for photo in SAMPLES.iterdir():
-            if photo.suffix.lower() in (".jpg", ".png"):
-                shutil.copy(photo, inputs / photo.name)
-        Image.new("RGB", (300, 200), MAGENTA).save(inputs / "magenta.png")
-        (inputs / HOSTILE_NAME).write_text("not an image <b>at all</b>")
-        run_job("--input", f"{inputs}/*", "--output", root / "out", "--weights", npz_path, "--embeddings")
-        _RUNS["out"] = root / "out"
-    return _RUNS["out"]
-
-
-def built_index(tmp_path_factory, npz_path: str) -> pathlib.Path:
-    """The exact index of labelled_run, built once through the CLI."""
-    if "index" not in _RUNS:
-        out = labelled_run(tmp_path_factory, npz_path)
-        path = out.parent / "index"
-        assert index_module.main(["--predictions", f"{out}/predictions-*.parquet", "--out", str(path)]) == 0
-        _RUNS["index"] = path
-    return _RUNS["index"]
-
-
-def parquet_fc7(out: pathlib.Path) -> tuple[list[str], list[str], np.ndarray]:
-    table = pq.read_table(sorted(out.glob("predictions-*.parquet")), columns=["image_id", "uri", "fc7"])
-    fc7 = np.stack(table.column("fc7").to_numpy(zero_copy_only=False))
-    return table.column("image_id").to_pylist(), table.column("uri").to_pylist(), fc7
+from tests.pipeline.conftest import PROVENANCE
 
 
 def write_predictions(path: pathlib.Path, vectors: np.ndarray, first: int, **metadata) -> None:
     """A predictions Parquet file like pipeline.run's, with the given fc7 rows."""
-    schema = predictions_schema(embeddings=True, metadata=METADATA | metadata)
+    schema = predictions_schema(embeddings=True, provenance=PROVENANCE | metadata)
     ids = [f"id{first + i:05d}" for i in range(len(vectors))]
     columns = {
         "image_id": ids,
@@ -110,10 +57,9 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(scores, order, 1), order
 
 
-def test_exact_index_of_a_real_run_matches_brute_force_cosine(tmp_path_factory, npz_path):
-    out = labelled_run(tmp_path_factory, npz_path)
-    loaded = EmbeddingIndex(str(built_index(tmp_path_factory, npz_path)))
-    ids, uris, fc7 = parquet_fc7(out)
+def test_exact_index_of_a_real_run_matches_brute_force_cosine(built_index, labelled_fc7):
+    loaded = EmbeddingIndex(str(built_index))
+    ids, uris, fc7 = labelled_fc7
     # 6 sample photos + magenta.png were labelled; the hostile text file is an errors row.
     assert len(ids) == 7
     assert loaded.info["kind"] == "exact" and loaded.info["index_key"] == "Flat"
@@ -124,11 +70,10 @@ def test_exact_index_of_a_real_run_matches_brute_force_cosine(tmp_path_factory, 
         np.testing.assert_allclose([h.score for h in hits], scores[row], atol=1e-5)
 
 
-def test_index_directory_keeps_ids_and_provenance(tmp_path_factory, npz_path):
-    out = labelled_run(tmp_path_factory, npz_path)
-    path = built_index(tmp_path_factory, npz_path)
+def test_index_directory_keeps_ids_and_provenance(labelled_run, built_index, labelled_fc7):
+    out, path = labelled_run, built_index
     assert sorted(p.name for p in path.iterdir()) == ["ids.parquet", "index.json", "knn.index"]
-    ids, uris, _ = parquet_fc7(out)
+    ids, uris, _ = labelled_fc7
     table = pq.read_table(path / "ids.parquet")
     assert table.column("row").to_pylist() == list(range(7))  # faiss id == row, in Parquet order
     assert table.column("image_id").to_pylist() == ids
@@ -173,7 +118,7 @@ def test_refuses_predictions_from_different_weights(tmp_path):
 
 
 def test_refuses_predictions_without_fc7(tmp_path, capsys):
-    schema = predictions_schema(embeddings=False, metadata=METADATA)
+    schema = predictions_schema(embeddings=False, provenance=PROVENANCE)
     pq.write_table(schema.empty_table(), tmp_path / "predictions-00000-of-00001.parquet")
     code = index_module.main(
         ["--predictions", f"{tmp_path}/predictions-*.parquet", "--out", str(tmp_path / "i")]

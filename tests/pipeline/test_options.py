@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.options import ConfigError, config_to_argv, parse_args
 from tests.conftest import REPO
+from tests.pipeline.jobs import run_job
 
 BASE = ["--input", "a/*.jpg", "--output", "out", "--weights", "w.npz"]
 
@@ -103,3 +104,72 @@ def test_help_lists_own_options_with_defaults():
         "--runner",
     ):
         assert fragment in done.stdout, fragment
+def test_help_documents_the_reliability_options(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in (
+        "--resume",
+        "previous failures stay failures unless --retry_errors",
+        "--retry_errors",
+        "--decode_isolation {subprocess,none}",
+        "(default: subprocess)",
+        "--decode_timeout_s",
+        "--max_input_bytes",
+        "--max_error_fraction",
+        "1.0 never fails",
+    ):
+        assert fragment in text, fragment
+
+
+@pytest.mark.parametrize(
+    ("typo", "message"),
+    [
+        # The job's own flag, misspelled: Beam only logs such flags and runs on without them.
+        (["--embedings"], "unrecognized option --embedings (did you mean --embeddings?)"),
+        # One of Beam's, misspelled, with a value.
+        (
+            ["--direct_num_worker=2"],
+            "unrecognized option --direct_num_worker (did you mean --direct_num_workers?)",
+        ),
+        (["--no_such_flag_at_all", "3"], "unrecognized option --no_such_flag_at_all: neither"),
+        (["stray"], "unrecognized argument 'stray'"),
+    ],
+)
+def test_unknown_arguments_are_refused(typo, message):
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, *typo])
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_beam_flags_of_every_runner_pass(tmp_path):
+    # Flags that only one runner reads are still known to Beam's option classes.
+    _, beam_args = parse_args(
+        [
+            *BASE,
+            "--runner=FlinkRunner",
+            "--flink_master=127.0.0.1:8081",
+            "--parallelism=2",
+            "--environment_type=EXTERNAL",
+            "--environment_config=127.0.0.1:5000",
+            "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1",
+            "--experiments",
+            "use_runner_v2",
+            "--s3_endpoint_url=http://127.0.0.1:9000",
+        ]
+    )
+    assert "--parallelism=2" in beam_args and "use_runner_v2" in beam_args
+
+
+def test_a_typo_costs_seconds_and_writes_nothing(tmp_path, npz_path, photo_dir):
+    # As a user meets it: exit status 2, one error line, no output folder, no traceback.
+    out = tmp_path / "out"
+    done = run_job(
+        *("--input", f"{photo_dir}/*", "--output", out, "--weights", npz_path, "--embedings"), check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: unrecognized option --embedings (did you mean --embeddings?): neither this job nor Beam's "
+        "pipeline options know it; nothing was run (see --help)."
+    ]
+    assert not out.exists()

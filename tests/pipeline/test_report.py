@@ -16,9 +16,9 @@ from PIL import Image
 
 from pipeline import report as report_module
 from pipeline.index import ArrayEmbeddings, build_index
-from pipeline.schema import errors_schema, predictions_schema
+from pipeline.outputs import errors_schema, predictions_schema
 from pipeline.search import EmbeddingIndex
-from tests.pipeline.test_index import HOSTILE_NAME, MAGENTA, METADATA, built_index, labelled_run
+from tests.pipeline.conftest import HOSTILE_NAME, MAGENTA, PROVENANCE
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -101,8 +101,8 @@ def rendered_dom(page: pathlib.Path, profile: pathlib.Path) -> Node:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, npz_path):
-    return labelled_run(tmp_path_factory, npz_path), built_index(tmp_path_factory, npz_path)
+def run(labelled_run, built_index):
+    return labelled_run, built_index
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +183,16 @@ def test_hostile_text_is_shown_as_text(tmp_path):
     uri = 'javascript:alert(1)"><script>alert(2)</script>'
     label = "<b>bold</b> & <i>co</i>"
     message = "<img src=x onerror=alert(3)> broke"
-    meta = METADATA | {"weights_untrained": "false"}
+    meta = PROVENANCE | {"weights_untrained": "false"}
     labels = [{"class_index": 7, "wnid": "n0", "label": label, "score": 0.5}]
     row = {"image_id": "h1", "uri": uri, "width": 1, "height": 2, "labels": labels}
     pq.write_table(
-        pa.Table.from_pylist([row], schema=predictions_schema(embeddings=False, metadata=meta)),
+        pa.Table.from_pylist([row], schema=predictions_schema(embeddings=False, provenance=meta)),
         tmp_path / "predictions-00000-of-00001.parquet",
     )
     error = {"image_id": "h2", "uri": uri, "stage": "decode", "error_type": "corrupt", "message": message}
     pq.write_table(
-        pa.Table.from_pylist([error], schema=errors_schema(metadata=meta)),
+        pa.Table.from_pylist([error], schema=errors_schema(provenance=meta)),
         tmp_path / "errors-00000-of-00001.parquet",
     )
     page = tmp_path / "hostile.html"
@@ -212,7 +212,7 @@ def test_hostile_text_is_shown_as_text(tmp_path):
 
 def test_refuses_an_index_built_from_other_weights(run, tmp_path):
     vectors = np.ones((2, 4096), np.float32)
-    build_index(ArrayEmbeddings(vectors, ["a", "b"], ["a", "b"]), str(tmp_path / "i"), provenance=METADATA)
+    build_index(ArrayEmbeddings(vectors, ["a", "b"], ["a", "b"]), str(tmp_path / "i"), provenance=PROVENANCE)
     with pytest.raises(ValueError, match="pass the index built from them"):
         report_module.write_report(
             f"{run[0]}/predictions-*.parquet", str(tmp_path / "r.html"), index=str(tmp_path / "i")

@@ -16,83 +16,27 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
-from pipeline.io import image_id
-from tests.conftest import REPO, SAMPLES
+from pipeline.inputs import image_id
+from tests.conftest import REPO
+from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.jobs import run_job
-from tests.pipeline.servers import free_port, wait_listening
-
-GOOD = {  # file name -> how it is made from a bundled photo
-    "cat.png": ("chelsea.png", "PNG"),
-    "coffee.jpg": ("coffee.jpg", None),
-    "astronaut.webp": ("astronaut.jpg", "WEBP"),
-    "rocket.gif": ("rocket.jpg", "GIF"),
-    "temple.bmp": ("china.jpg", "BMP"),
-}
-BAD = {  # file name -> expected (stage, error_type)
-    "notes.jpg": ("decode", "not_an_image"),
-    "empty.png": ("decode", "empty"),
-    "half.jpg": ("decode", "truncated"),
-}
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for name, (source, fmt) in GOOD.items():
-        image = Image.open(SAMPLES / source)
-        if fmt is None:
-            (folder / name).write_bytes((SAMPLES / source).read_bytes())
-        else:
-            image.convert("RGB").save(folder / name, fmt)
-    (folder / "notes.jpg").write_text("<html>not a photo</html>")
-    (folder / "empty.png").write_bytes(b"")
-    data = (SAMPLES / "coffee.jpg").read_bytes()
-    (folder / "half.jpg").write_bytes(data[: len(data) // 2])
-    return folder
+def rows_by_id(read_rows, folder):
+    predictions, _ = read_rows(folder, "predictions")
+    errors, _ = read_rows(folder, "errors")
+    return {r["image_id"]: r for r in predictions}, {r["image_id"]: r for r in errors}
 
 
-def read_table(folder, name):
-    files = sorted(folder.glob(f"{name}-*-of-*.parquet"))
-    assert files, f"no {name} shards in {folder}"
-    return pq.ParquetDataset([str(f) for f in files]).read(), files
-
-
-def rows_by_id(folder):
-    predictions, _ = read_table(folder, "predictions")
-    errors, _ = read_table(folder, "errors")
-    return (
-        {r["image_id"]: r for r in predictions.to_pylist()},
-        {r["image_id"]: r for r in errors.to_pylist()},
-    )
-
-
-@pytest.fixture(scope="module")
-def direct_run(photo_dir, npz_path, tmp_path_factory):
-    out = tmp_path_factory.mktemp("direct")
-    done = run_job(
-        "--input",
-        f"{photo_dir}/*",
-        "--output",
-        out,
-        "--weights",
-        npz_path,
-        "--embeddings",
-        "--batch_size",
-        "4",
-    )
-    return out, done
-
-
-def test_every_input_accounted_for_once(direct_run, photo_dir):
+def test_every_input_accounted_for_once(direct_run, photo_dir, read_rows):
     out, done = direct_run
-    predictions, errors = rows_by_id(out)
+    predictions, errors = rows_by_id(read_rows, out)
     inputs = {image_id(str(p)): str(p) for p in photo_dir.iterdir()}
     assert set(predictions) | set(errors) == set(inputs)
     assert not set(predictions) & set(errors)
-    table, _ = read_table(out, "predictions")
-    assert len(table) == len(predictions) == len(GOOD)  # no duplicate image_id
+    rows, _ = read_rows(out, "predictions")
+    assert len(rows) == len(predictions) == len(GOOD)  # no duplicate image_id
     assert {os.path.basename(r["uri"]) for r in errors.values()} == set(BAD)
     for row in errors.values():
         assert (row["stage"], row["error_type"]) == BAD[os.path.basename(row["uri"])]
@@ -105,8 +49,9 @@ def test_schema_and_provenance(direct_run, npz_path):
     from vgg.weights import sha256_file
 
     out, _ = direct_run
-    table, files = read_table(out, "predictions")
+    files = sorted(out.glob("predictions-*"))
     assert [f.name for f in files] == ["predictions-00000-of-00001.parquet"]
+    table = pq.read_table(files[0])
     schema = table.schema
     assert schema.names == ["image_id", "uri", "width", "height", "labels", "fc7"]
     assert str(schema.field("width").type) == "int32"
@@ -127,9 +72,9 @@ def test_schema_and_provenance(direct_run, npz_path):
         assert len(scores) == 5 and scores == sorted(scores, reverse=True)
 
 
-def test_labels_equal_vgg_predict(direct_run, photo_dir, npz_path):
+def test_labels_equal_vgg_predict(direct_run, photo_dir, npz_path, read_rows):
     out, _ = direct_run
-    predictions, _ = rows_by_id(out)
+    predictions, _ = rows_by_id(read_rows, out)
     images = sorted(str(photo_dir / name) for name in GOOD)
     done = subprocess.run(
         [sys.executable, "-m", "vgg.predict", "--weights", npz_path, "--json", "--fc7", *images],
@@ -150,9 +95,9 @@ def test_labels_equal_vgg_predict(direct_run, photo_dir, npz_path):
         np.testing.assert_allclose(row["fc7"], record["fc7"], rtol=1e-3, atol=1e-3)
 
 
-def assert_same_rows(folder_a, folder_b):
-    pred_a, err_a = rows_by_id(folder_a)
-    pred_b, err_b = rows_by_id(folder_b)
+def assert_same_rows(read_rows, folder_a, folder_b):
+    pred_a, err_a = rows_by_id(read_rows, folder_a)
+    pred_b, err_b = rows_by_id(read_rows, folder_b)
     assert set(pred_a) == set(pred_b) and err_a == err_b
     for key, row in pred_a.items():
         other = pred_b[key]
@@ -164,7 +109,7 @@ def assert_same_rows(folder_a, folder_b):
         assert (row["uri"], row["width"], row["height"]) == (other["uri"], other["width"], other["height"])
 
 
-def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path):
+def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path, read_rows):
     # Two SDK worker processes: the DoFns pickle, and setup() loads the model in each.
     # The recursive pattern matches the same files as the direct run's "*".
     run_job(
@@ -178,26 +123,10 @@ def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path):
         "--direct_num_workers=2",
         "--direct_running_mode=multi_processing",
     )
-    assert_same_rows(direct_run[0], tmp_path)
+    assert_same_rows(read_rows, direct_run[0], tmp_path)
 
 
-@pytest.fixture
-def job_service():
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_listening(port, timeout_s=60, what="Beam's local job service")
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.kill()
-        process.wait()
-
-
-def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job_service):
+def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job_service, read_rows):
     # The same inputs, this time from a list file (with a comment and a blank line).
     listing = tmp_path / "inputs.txt"
     listing.write_text("# the photos\n\n" + "\n".join(str(p) for p in sorted(photo_dir.iterdir())) + "\n")
@@ -210,10 +139,10 @@ def test_portable_runner_loopback(direct_run, photo_dir, npz_path, tmp_path, job
         npz_path,
         "--embeddings",
         "--runner=PortableRunner",
-        f"--job_endpoint={job_service}",
+        f"--job_endpoint={job_service.endpoint}",
         "--environment_type=LOOPBACK",
     )
-    assert_same_rows(direct_run[0], tmp_path / "out")
+    assert_same_rows(read_rows, direct_run[0], tmp_path / "out")
 
 
 # ------------------------------------------------------------------- fail fast

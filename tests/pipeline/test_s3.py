@@ -21,7 +21,7 @@ import moto.server as moto_server
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import image_id
+from pipeline.inputs import image_id
 from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
 from tests.pipeline.servers import free_port, wait_listening
@@ -157,7 +157,8 @@ def test_read_errors_on_s3(s3):
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.io import ReadError, read_bytes, stage_weights
+    from pipeline.inputs import ReadError, read_bytes
+    from pipeline.model_handler import stage_weights
 
     client = s3["client"]
     creds = s3["creds"]
@@ -190,7 +191,7 @@ def test_read_errors_on_s3(s3):
 
 
 def test_credential_flags_are_warned_about_without_their_values(caplog):
-    from pipeline.run import _warn_about_secret_flags
+    from pipeline.options import _warn_about_secret_flags
 
     _warn_about_secret_flags(["--s3_secret_access_key=hunter2", "--s3_endpoint_url=http://x"])
     assert "--s3_secret_access_key was given on the command line" in caplog.text

@@ -12,14 +12,13 @@ import pytest
 
 from pipeline import search as search_module
 from pipeline.search import EmbeddingIndex, Searcher, WeightsMismatch, format_hits
-from tests.pipeline.test_index import built_index, labelled_run, parquet_fc7
 from vgg.weights import WeightsInfo
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, npz_path):
+def run(labelled_run, built_index):
     """(predictions directory, index directory) of one pipeline.run over the samples."""
-    return labelled_run(tmp_path_factory, npz_path), built_index(tmp_path_factory, npz_path)
+    return labelled_run, built_index
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +34,8 @@ class FakePredictor:
     precision: str = "float32"
 
 
-def test_query_by_a_file_in_the_index_finds_itself_first(run, searcher):
-    _, uris, _ = parquet_fc7(run[0])
+def test_query_by_a_file_in_the_index_finds_itself_first(run, searcher, labelled_fc7):
+    _, uris, _ = labelled_fc7
     results = searcher.by_images(uris, k=3)
     for uri, hits in zip(uris, results):
         assert hits[0].uri == uri and hits[0].rank == 1
@@ -46,8 +45,8 @@ def test_query_by_a_file_in_the_index_finds_itself_first(run, searcher):
         assert [h.rank for h in hits] == [1, 2, 3]
 
 
-def test_query_by_id_uses_the_indexed_vector(run, searcher):
-    ids, uris, fc7 = parquet_fc7(run[0])
+def test_query_by_id_uses_the_indexed_vector(run, searcher, labelled_fc7):
+    ids, uris, fc7 = labelled_fc7
     for row, image_id in enumerate(ids):
         by_id = searcher.by_id(image_id, k=7)
         by_vector = searcher.index.search(fc7[row], k=7)[0]
@@ -78,8 +77,8 @@ def test_refuses_a_predictor_with_another_precision(run, predictor):
         Searcher(str(run[1]), predictor=fake)
 
 
-def test_cli_by_id_prints_json_with_exactly_the_four_keys(run, capsys):
-    ids, uris, _ = parquet_fc7(run[0])
+def test_cli_by_id_prints_json_with_exactly_the_four_keys(run, capsys, labelled_fc7):
+    ids, uris, _ = labelled_fc7
     assert search_module.main(["--index", str(run[1]), "--image_id", ids[0], "--k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert [sorted(h) for h in hits] == [["image_id", "rank", "score", "uri"]] * 3
@@ -95,10 +94,10 @@ def test_cli_table_output(searcher):
     assert lines[1].split() == ["1", f"{hit[0].score:.4f}", hit[0].image_id, hit[0].uri]
 
 
-def test_cli_errors_exit_2_with_the_reason(run, tmp_path, capsys):
+def test_cli_errors_exit_2_with_the_reason(run, tmp_path, capsys, labelled_fc7):
     other = tmp_path / "other.npz"
     other.write_bytes(b"x")
-    image = parquet_fc7(run[0])[1][0]
+    image = labelled_fc7[1][0]
     assert search_module.main(["--index", str(run[1]), "--image", image, "--weights", str(other)]) == 2
     assert "have sha256" in capsys.readouterr().err
     assert search_module.main(["--index", str(run[1]), "--image_id", "nope"]) == 2
@@ -109,9 +108,9 @@ def test_cli_errors_exit_2_with_the_reason(run, tmp_path, capsys):
     assert "--image needs --weights" in capsys.readouterr().err
 
 
-def test_cli_by_image_end_to_end(run, npz_path):
+def test_cli_by_image_end_to_end(run, npz_path, labelled_fc7):
     """The documented command, in a fresh process: embeds the magenta square and finds it."""
-    magenta = next(uri for uri in parquet_fc7(run[0])[1] if uri.endswith("magenta.png"))
+    magenta = next(uri for uri in labelled_fc7[1] if uri.endswith("magenta.png"))
     command = [sys.executable, "-m", "pipeline.search", "--index", str(run[1]), "--image", magenta]
     done = subprocess.run(
         [*command, "--weights", npz_path, "--k", "2", "--json"], capture_output=True, text=True, timeout=300

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import apache_beam as beam
-import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline.io import ReadError, image_id
-from pipeline.transforms import DecodeImage, LabelImages, ReadImage
+from pipeline.inputs import ReadError, image_id
+from pipeline.transforms import DecodeConfig, DecodeImage, LabelImages, ReadImage, ReadImages
 from tests.pipeline.fakes import FakeHandler
 
 
@@ -37,10 +35,11 @@ def reader(uri: str) -> bytes:
     return FILES[uri]
 
 
-def test_image_id_is_stable_and_documented():
-    # `printf %s gs://b/x.jpg | sha256sum | cut -c1-32` gives the same digits.
-    assert image_id("gs://b/x.jpg") == hashlib.sha256(b"gs://b/x.jpg").hexdigest()[:32]
-    assert len({image_id(f"/p/{i}.jpg") for i in range(1000)}) == 1000
+def label_files(uris, handler, **options):
+    """URIs -> ReadImages -> LabelImages, every errors row in one collection (as pipeline.run wires them)."""
+    read = uris | ReadImages(reader)
+    out = read["images"] | LabelImages(handler, options.pop("decode", DecodeConfig()), **options)
+    return out["predictions"], (read["errors"], out["errors"]) | "AllErrors" >> beam.Flatten()
 
 
 def test_read_and_decode_route_errors():
@@ -50,7 +49,7 @@ def test_read_and_decode_route_errors():
             | beam.Create(sorted(FILES) + ["mem://gone.jpg"])
             | beam.ParDo(ReadImage(reader)).with_outputs("errors", main="images")
         )
-        decoded = read.images | beam.ParDo(DecodeImage("squash")).with_outputs("errors", main="pixels")
+        decoded = read.images | beam.ParDo(DecodeImage(DecodeConfig())).with_outputs("errors", main="pixels")
         assert_that(
             read.errors | "ReadKinds" >> beam.Map(lambda r: (r["uri"], r["stage"], r["error_type"])),
             equal_to([("mem://gone.jpg", "read", "not_found")]),
@@ -78,10 +77,8 @@ def test_read_and_decode_route_errors():
 def test_label_images_accounts_for_every_input(embeddings):
     uris = [*sorted(FILES), "mem://gone.jpg"]
     with TestPipeline() as p:
-        out = (
-            p
-            | beam.Create(uris)
-            | LabelImages(FakeHandler(max_batch_size=2), top_k=3, embeddings=embeddings, reader=reader)
+        predictions, errors = label_files(
+            p | beam.Create(uris), FakeHandler(max_batch_size=2), top_k=3, embeddings=embeddings
         )
 
         def summary(row):
@@ -101,9 +98,9 @@ def test_label_images_accounts_for_every_input(embeddings):
             ("mem://grey.png", 100, 1.0, 3, 100.0 if embeddings else None),
             ("mem://red.png", 85, 1.0, 3, 255.0 if embeddings else None),
         ]
-        assert_that(out["predictions"] | beam.Map(summary), equal_to(want), label="predictions")
+        assert_that(predictions | beam.Map(summary), equal_to(want), label="predictions")
         assert_that(
-            out["errors"] | beam.Map(lambda r: (r["uri"], r["image_id"] == image_id(r["uri"]))),
+            errors | beam.Map(lambda r: (r["uri"], r["image_id"] == image_id(r["uri"]))),
             equal_to([("mem://text.jpg", True), ("mem://empty.png", True), ("mem://gone.jpg", True)]),
             label="errors",
         )
@@ -113,45 +110,17 @@ def test_failed_inference_batch_becomes_error_rows():
     # The grey image (pixel value 100) makes its batch raise; max_batch_size=1 keeps
     # the red image in a batch of its own, which must still be labelled.
     with TestPipeline() as p:
-        out = (
-            p
-            | beam.Create(["mem://grey.png", "mem://red.png"])
-            | LabelImages(FakeHandler(fail_on=100, max_batch_size=1), reader=reader)
+        predictions, errors = label_files(
+            p | beam.Create(["mem://grey.png", "mem://red.png"]),
+            FakeHandler(fail_on=100, max_batch_size=1),
+            top_k=5,
+            embeddings=False,
         )
+        assert_that(predictions | beam.Map(lambda r: r["uri"]), equal_to(["mem://red.png"]), label="ok")
         assert_that(
-            out["predictions"] | beam.Map(lambda r: r["uri"]), equal_to(["mem://red.png"]), label="ok"
-        )
-        assert_that(
-            out["errors"] | beam.Map(lambda r: (r["uri"], r["stage"], r["error_type"], r["message"])),
+            errors | beam.Map(lambda r: (r["uri"], r["stage"], r["error_type"], r["message"])),
             equal_to(
                 [("mem://grey.png", "inference", "inference_error", "RuntimeError('device fell over')")]
             ),
             label="failed",
         )
-
-
-def test_labels_are_top_k_in_descending_order():
-    from pipeline.schema import prediction_rows
-
-    probs = np.zeros((1, 1000), np.float32)
-    probs[0, [356, 7, 3]] = [0.5, 0.2, 0.2]
-    (row,) = prediction_rows([("id", "u", 10, 20)], probs, None, 3)
-    # Ties (7 and 3 at 0.2) go to the lower class index.
-    assert [(x["class_index"], x["wnid"], x["label"]) for x in row["labels"]] == [
-        (356, "n02441942", "weasel"),
-        (3, "n01491361", "tiger_shark"),
-        (7, "n01514668", "cock"),
-    ]
-    assert [x["score"] for x in row["labels"]] == [0.5, pytest.approx(0.2), pytest.approx(0.2)]
-
-
-def test_beam_keeps_its_memory_metric_without_torch():
-    # pipeline.model_handler restores the stdlib `resource` that Beam drops when torch
-    # is missing, so RunInference reports the model's memory instead of a bogus warning.
-    import resource
-
-    from apache_beam.ml.inference import base
-
-    import pipeline.model_handler  # noqa: F401
-
-    assert base.resource is resource

@@ -1,25 +1,22 @@
-"""Storage for the job through Beam's filesystems: input matching, reads with retries, outputs, weights."""
+"""Where images come from: patterns and list files, reads with retries, the read-error types, image ids."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 
+import apache_beam as beam
+from apache_beam.io import fileio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import METRICS_NAMESPACE
+from vgg.errors import ClassifiedError
+
 log = logging.getLogger(__name__)
-
-PREDICTIONS_PREFIX = "predictions"
-ERRORS_PREFIX = "errors"
-SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
-SUFFIX = ".parquet"
-
 
 # The error_type of an errors row from the read stage.
 READ_ERROR_TYPES: dict[str, str] = {
@@ -31,22 +28,15 @@ READ_ERROR_TYPES: dict[str, str] = {
 READ_ATTEMPTS = 4
 MAX_INPUT_BYTES = 256 * 2**20
 # Counts every retried read, in the job's metrics namespace.
-_retries = Metrics.counter("vgg16", "read_retries")
+_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
 
 
 class InputError(ValueError):
     """An input pattern or list the job cannot use."""
 
 
-class ReadError(OSError):
+class ReadError(ClassifiedError):
     """A read that failed for good; error_type is one of READ_ERROR_TYPES."""
-
-    def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
-
-    def __reduce__(self):
-        return type(self), (self.error_type, str(self))
 
 
 def image_id(uri: str) -> str:
@@ -60,7 +50,7 @@ def check_patterns(patterns: list[str]) -> None:
         try:
             result = FileSystems.match([pattern], limits=[1])[0]
         except (BeamIOError, OSError, ValueError) as error:
-            raise InputError(f"--input {pattern!r} cannot be listed: {_first_cause(error)}") from error
+            raise InputError(f"--input {pattern!r} cannot be listed: {first_cause(error)}") from error
         if not result.metadata_list:
             raise InputError(f"--input {pattern!r} matches no files.")
 
@@ -71,7 +61,7 @@ def read_input_list(path: str) -> list[str]:
         with FileSystems.open(path) as handle:
             text = handle.read().decode("utf-8")
     except (BeamIOError, OSError) as error:
-        raise InputError(f"--input_list {path!r} cannot be read: {_first_cause(error)}") from error
+        raise InputError(f"--input_list {path!r} cannot be read: {first_cause(error)}") from error
     except UnicodeDecodeError as error:
         raise InputError(f"--input_list {path!r} is not UTF-8 text: {error}") from error
     uris = [line.strip() for line in text.splitlines()]
@@ -81,7 +71,7 @@ def read_input_list(path: str) -> list[str]:
     return uris
 
 
-def _first_cause(error: Exception) -> str:
+def first_cause(error: Exception) -> str:
     if isinstance(error, BeamIOError) and error.exception_details:
         return "; ".join(str(e) for e in error.exception_details.values())
     return str(error)
@@ -101,7 +91,7 @@ def _classify(error: Exception) -> str | None:
     causes: list[BaseException] = [error]
     if isinstance(error, BeamIOError) and error.exception_details:
         causes += [e for e in error.exception_details.values() if isinstance(e, BaseException)]
-    text = _first_cause(error).lower()
+    text = first_cause(error).lower()
     for cause in causes:
         status = _status_code(cause)
         if isinstance(cause, FileNotFoundError) or status in (404, 410):
@@ -145,10 +135,10 @@ def read_bytes(
         except Exception as error:  # cloud clients raise their own types, not only OSError
             kind = _classify(error)
             if kind is not None:
-                raise ReadError(kind, f"{uri}: {_first_cause(error)}") from error
+                raise ReadError(kind, f"{uri}: {first_cause(error)}") from error
             if attempt == attempts:
                 raise ReadError(
-                    "read_error", f"{uri}: failed {attempts} times: {_first_cause(error)}"
+                    "read_error", f"{uri}: failed {attempts} times: {first_cause(error)}"
                 ) from error
             _retries.inc()
             log.warning("read of %s failed (%s); retry %d of %d", uri, error, attempt, attempts - 1)
@@ -163,73 +153,50 @@ def read_bytes(
     raise AssertionError("unreachable")
 
 
-def output_prefix(output: str, name: str) -> str:
-    return FileSystems.join(output, name)
+def absolute(uri: str) -> str:
+    """A local path made absolute (workers may run elsewhere); URIs with a scheme unchanged."""
+    return uri if "://" in uri else os.path.abspath(uri)
 
 
-def existing_outputs(output: str) -> list[str]:
-    """Our Parquet shards already in `output` (a re-run replaces them)."""
-    found = []
-    for name in (PREDICTIONS_PREFIX, ERRORS_PREFIX):
-        pattern = output_prefix(output, name) + "-*-of-*" + SUFFIX
-        try:
-            found += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        except (BeamIOError, OSError):
-            continue
-    return sorted(found)
+def _listed(line: str):
+    uri = line.strip()
+    if uri and not uri.startswith("#"):
+        yield absolute(uri)
 
 
-def check_output_writable(output: str) -> None:
-    """Creates the output directory if needed and proves a file can be written there."""
-    probe = FileSystems.join(output, f".write-check-{os.getpid()}")
-    try:
-        if "://" not in output:
-            os.makedirs(output, exist_ok=True)
-        with FileSystems.create(probe) as handle:
-            handle.write(b"ok")
-        FileSystems.delete([probe])
-    except (BeamIOError, OSError) as error:
-        raise InputError(f"--output {output!r} is not writable: {_first_cause(error)}") from error
+def check_inputs(patterns: list[str] | None, input_list: str | None) -> None:
+    """The launcher's check of --input and --input_list, before anything is submitted.
 
-
-def remove_empty_temp_dirs(output: str) -> None:
-    """Removes the empty `beam-temp-*` folders a local output can keep after retried bundles.
-
-    Beam's file sinks make a uniquely named temp folder per (attempt of) their
-    initialisation and delete only the one the final write used. Object stores have no
-    empty folders; locally, rmdir only ever removes an empty one, so a folder another
-    job is still writing into is left alone.
+    Raises:
+        InputError: naming the pattern or list and what is wrong with it.
     """
-    if "://" in output or not os.path.isdir(output):
-        return
-    for name in os.listdir(output):
-        if name.startswith(("beam-temp-predictions", "beam-temp-errors")):
-            try:
-                os.rmdir(os.path.join(output, name))
-            except OSError:
-                continue
+    if patterns:
+        check_patterns([absolute(p) for p in patterns])
+    if input_list:
+        read_input_list(input_list)
 
 
-def remove_outputs(paths: list[str]) -> None:
-    if paths:
-        log.info("replacing %d existing output file(s)", len(paths))
-        FileSystems.delete(paths)
+class MatchInputs(beam.PTransform):
+    """PBegin -> every input URI once: the files matching the patterns, plus the URIs of a list file."""
 
+    def __init__(self, patterns: list[str] | None, input_list: str | None = None):
+        super().__init__()
+        self._patterns = [absolute(p) for p in patterns or ()]
+        self._input_list = input_list
 
-_staged: dict[str, str] = {}
-
-
-def stage_weights(uri: str) -> str:
-    """A local path for a weights URI: remote files are copied once per process to a temp dir."""
-    if uri == "imagenet" or "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    if uri not in _staged:
-        folder = tempfile.mkdtemp(prefix="vgg16-weights-")
-        local = os.path.join(folder, os.path.basename(uri) or "weights")
-        try:
-            with FileSystems.open(uri, compression_type="uncompressed") as src, open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        except (BeamIOError, OSError) as error:
-            raise InputError(f"--weights {uri!r} cannot be read: {_first_cause(error)}") from error
-        _staged[uri] = local
-    return _staged[uri]
+    def expand(self, pbegin):
+        sources = []
+        if self._patterns:
+            sources.append(
+                pbegin
+                | "Patterns" >> beam.Create(self._patterns)
+                | "Match" >> fileio.MatchAll()
+                | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            )
+        if self._input_list:
+            sources.append(
+                pbegin
+                | "ReadList" >> beam.io.ReadFromText(self._input_list)
+                | "ListedURIs" >> beam.FlatMap(_listed)
+            )
+        return tuple(sources) | "AllInputs" >> beam.Flatten() | "Dedupe" >> beam.Distinct()

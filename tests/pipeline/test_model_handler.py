@@ -1,0 +1,63 @@
+"""pipeline.model_handler: the model config, weights staging, and the RunInference adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.inputs import InputError
+from pipeline.model_handler import ModelConfig, VGG16ModelHandler, stage_weights
+from tests.pipeline.faults import faulty
+
+
+def test_config_is_validated_where_it_is_made():
+    with pytest.raises(ValueError, match="precision must be one of .*Received: precision='float64'"):
+        ModelConfig("w.npz", precision="float64")
+    with pytest.raises(ValueError, match="Received: min_batch_size=9, max_batch_size=8"):
+        ModelConfig("w.npz", min_batch_size=9, max_batch_size=8)
+
+
+def test_batching_and_sharing_reach_beam():
+    handler = VGG16ModelHandler(ModelConfig("w.npz", min_batch_size=16, max_batch_size=16, share_model=True))
+    kwargs = handler.batch_elements_kwargs()
+    assert (kwargs["min_batch_size"], kwargs["max_batch_size"]) == (16, 16)  # full batches only
+    assert handler.share_model_across_processes()  # Beam's large_model: one copy per machine
+    assert not VGG16ModelHandler(ModelConfig("w.npz")).share_model_across_processes()
+    assert handler.get_metrics_namespace() == "vgg16"
+
+
+def test_run_inference_is_the_predictor_per_image(predictor, photo_batch):
+    handler = VGG16ModelHandler(ModelConfig("unused.npz"))
+    results = handler.run_inference(list(photo_batch), predictor)
+    probs, fc7 = predictor(photo_batch)
+    assert len(results) == len(photo_batch)
+    for i, result in enumerate(results):
+        assert result.example is None  # the pixels are not kept in the result
+        np.testing.assert_array_equal(result.inference[0], probs[i])
+        np.testing.assert_array_equal(result.inference[1], fc7[i])
+    assert handler.get_num_bytes(list(photo_batch)) == photo_batch.nbytes
+
+
+def test_remote_weights_are_staged_once_per_process(tmp_path):
+    weights = tmp_path / "w.npz"
+    weights.write_bytes(b"weights")
+    assert stage_weights(str(weights)) == str(weights)  # local: used in place
+    assert stage_weights("file://" + str(weights)) == str(weights)
+    assert stage_weights("imagenet") == "imagenet"
+    local = stage_weights(faulty(weights))  # any other scheme is copied to a temp dir once
+    assert local != str(weights) and open(local, "rb").read() == b"weights"
+    assert stage_weights(faulty(weights)) == local
+    with pytest.raises(InputError, match="--weights 'faulty://.*missing.npz' cannot be read"):
+        stage_weights(faulty(tmp_path / "missing.npz"))
+
+
+def test_beam_keeps_its_memory_metric_without_torch():
+    # pipeline.model_handler restores the stdlib `resource` that Beam drops when torch
+    # is missing, so RunInference reports the model's memory instead of a bogus warning.
+    import resource
+
+    from apache_beam.ml.inference import base
+
+    import pipeline.model_handler  # noqa: F401
+
+    assert base.resource is resource
