@@ -7,8 +7,8 @@ import subprocess
 import threading
 
 import numpy as np
-import tensorflow as tf
 
+from vgg._tensorflow import tf
 from vgg.architecture import FC7_DIM, IMAGE_SIZE, NUM_CLASSES, PRECISIONS
 from vgg.model import load_vgg16
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import keras
 import numpy as np
-import tensorflow as tf
 
+from vgg._tensorflow import keras, tf
 from vgg.architecture import (
     CONV_BLOCKS,
     DENSE_LAYERS,

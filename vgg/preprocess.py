@@ -52,6 +52,7 @@ from PIL import (
 )
 
 from vgg.architecture import IMAGE_SIZE
+from vgg.errors import ClassifiedError
 
 RESIZE_MODES = ("squash", "center_crop")  # the default first
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
@@ -108,21 +109,18 @@ _PLUGINS = {
 }
 
 
-class ImageError(ValueError):
-    """A bad input image. error_type is one of ERROR_TYPES."""
+class ImageError(ClassifiedError, ValueError):
+    """A bad input image. error_type is one of ERROR_TYPES; str() is "error_type: detail"."""
 
     def __init__(self, error_type: str, message: str):
         if error_type not in ERROR_TYPES:
             raise ValueError(
                 f"error_type must be one of {sorted(ERROR_TYPES)}. Received: error_type={error_type!r}"
             )
-        super().__init__(f"{error_type}: {message}")
-        self.error_type = error_type
-        self.detail = message
+        super().__init__(error_type, message)
 
-    def __reduce__(self):
-        # Picklable with its two arguments, so it can cross a process boundary.
-        return type(self), (self.error_type, self.detail)
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.detail}"
 
 
 @dataclasses.dataclass(frozen=True)
