@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
-ensure_venv ""
+ensure_venv search  # the search extra: the README's next steps (index, search, report) need faiss
 OUT=output/local
 if [ -n "${VGG16_WEIGHTS:-}" ]; then
   WEIGHTS="$VGG16_WEIGHTS"
@@ -18,16 +18,13 @@ else
     mkdir -p output/weights
     "$PY" -m vgg.weights synth --format npz --seed 0 --out "$WEIGHTS"
   fi
-  cat >&2 <<WARN
-
-############################################################################
-#  WARNING: no genuine VGG16 weights here (no \$VGG16_WEIGHTS, and the Keras #
-#  download failed). Using SYNTHESIZED, UNTRAINED weights: every label below #
-#  is MEANINGLESS. Set VGG16_WEIGHTS=/path/to/vgg16_weights.npz or the Keras  #
-#  vgg16_weights_tf_dim_ordering_tf_kernels.h5 for real labels.              #
-############################################################################
-
-WARN
+  {
+    echo
+    echo "WARNING: no genuine VGG16 weights here (no \$VGG16_WEIGHTS, and the Keras download failed)."
+    echo "WARNING: $("$PY" -c 'from vgg.weights import UNTRAINED_WARNING; print(UNTRAINED_WARNING)')"
+    echo "WARNING: set VGG16_WEIGHTS=/path/to/vgg16_weights.npz (or Keras' .h5) for real labels."
+    echo
+  } >&2
 fi
 "$PY" -m pipeline.run --config configs/local.yaml --weights "$WEIGHTS" --output "$OUT" "$@"
 "$PY" -m pipeline.show "$OUT"

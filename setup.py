@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "vgg" / "__init__.py").read_text()).group(1)
@@ -15,8 +15,11 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vgg", "vgg.*", "pipeline", "pipeline.*"]),
-    package_data={"vgg": ["data/*.json"], "pipeline": ["*.yaml"]},
+    # vgg.data holds the class index (no __init__.py): a namespace package, listed as one.
+    packages=find_namespace_packages(
+        include=["vgg", "vgg.*", "pipeline", "pipeline.*"], exclude=["*.__pycache__"]
+    ),
+    package_data={"vgg.data": ["*.json"]},
     include_package_data=True,
     install_requires=[
         "tensorflow>=2.16,<2.22",  # Keras 3; the Linux wheel runs on CUDA GPUs with the 'gpu' extra
