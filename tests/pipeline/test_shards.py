@@ -23,6 +23,7 @@ from pipeline.shards import Failure, Member, ReadShard, check_format, read_shard
 from pipeline.transforms import DecodeImage
 from tests.corpus import build_corpus
 from tests.pipeline.faults import FaultyFileSystem, faulty
+from tests.pipeline.servers import free_port, wait_listening
 from tests.shards import (
     Repeated,
     example,
@@ -42,6 +43,11 @@ def read(uri, fmt, **kwargs) -> list:
 
 def damaged(uri, message: str) -> Failure:
     return Failure(str(uri), "read", "damaged_shard", message)
+
+
+def renamed(items: list, old: str, new: str) -> list:
+    """The items with `old` replaced by `new` in their uri and message (the same shard elsewhere)."""
+    return [type(i)(*(x.replace(old, new) if isinstance(x, str) else x for x in i)) for i in items]
 
 
 @pytest.fixture(autouse=True)
@@ -115,10 +121,7 @@ def test_webdataset_gzip_shards(tmp_path, name):
         assert handle.read(2) == b"\x1f\x8b"  # really gzip
     plain = read(tmp_path / "plain.tar", "webdataset")
     zipped = read(tmp_path / name, "webdataset")
-    renamed = [
-        type(i)(*(x.replace(name, "plain.tar") if isinstance(x, str) else x for x in i)) for i in zipped
-    ]
-    assert renamed == plain
+    assert renamed(zipped, name, "plain.tar") == plain
 
 
 def test_duplicate_keys_are_all_kept_and_told_apart(tmp_path):
@@ -582,6 +585,52 @@ def test_a_retry_mid_shard_yields_no_member_twice(tmp_path, monkeypatch):
     assert yielded_at_reopen == [None, 2]  # two members out before the drop, then one reopen
     assert items == expected  # 000 and 001 passed over on the reopen: none twice, none lost
     assert [i.uri for i in items] == [f"{shard}#{n:03d}" for n in range(6)]
+
+
+@pytest.fixture
+def bucket():
+    """A moto S3 server on 127.0.0.1 with bucket "shards", Beam's filesystems pointed at it; stopped after."""
+    import boto3
+    import moto.server as moto_server
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        wait_listening(port, timeout_s=30, what="moto's S3 server")
+        endpoint, key, secret = f"http://127.0.0.1:{port}", "AKIATESTSHARDS", "not-a-secret"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+        )
+        client.create_bucket(Bucket="shards")
+        flags = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
+        flags += [f"--s3_access_key_id={key}", f"--s3_secret_access_key={secret}"]
+        shards.FileSystems.set_options(PipelineOptions(flags))
+        yield client
+    finally:
+        shards.FileSystems.set_options(None)
+        server.stop()
+
+
+def test_shards_stream_from_s3(tmp_path, bucket, records):
+    # Each format read from the bucket gives what it gives locally (Parquet seeks: footer first).
+    write_tar(tmp_path / "a.tgz", SAMPLES)
+    write_tfrecord(tmp_path / "a.tfrecord", records)
+    groups = [{"key": ["k0", "k1"], "jpg": [b"0", b"1"]}, {"key": ["k2"], "jpg": [b"2"]}]
+    write_parquet(tmp_path / "a.parquet", groups)
+    for name, fmt in [("a.tgz", "webdataset"), ("a.tfrecord", "tfrecord"), ("a.parquet", "parquet")]:
+        bucket.put_object(Bucket="shards", Key=f"train/{name}", Body=(tmp_path / name).read_bytes())
+        local, remote = str(tmp_path / name), f"s3://shards/train/{name}"
+        expected = renamed(read(local, fmt, key_field="key"), local, remote)
+        assert read(remote, fmt, key_field="key") == expected
+        assert sniff(remote) == fmt
+    (item,) = read("s3://shards/train/missing.tar", "webdataset")
+    assert (item.uri, item.error_type) == ("s3://shards/train/missing.tar", "not_found")
 
 
 # ------------------------------------------------------------------ formats by their first bytes
