@@ -22,7 +22,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 
 # A WebDataset sample's image: the first member (in tar order) with one of these suffixes.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-# Without --image_field, the first of these a record has (TFDS, then common names) ...
+# Without --image_field, the first of these a record has (TF-slim/Object Detection style, TFDS,
+# img2dataset) ...
 TFRECORD_IMAGE_FIELDS = ("image/encoded", "image", "jpg")
 # ... or a Parquet file has as a column (img2dataset, Hugging Face datasets, others).
 PARQUET_IMAGE_FIELDS = ("jpg", "image", "image_bytes")

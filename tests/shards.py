@@ -7,7 +7,10 @@ shard of hundreds of MB from one repeated block without holding it.
 from __future__ import annotations
 
 import io
+import json
+import os
 import pathlib
+import sys
 import tarfile
 from collections.abc import Iterable
 
@@ -36,11 +39,14 @@ class Repeated(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        n = min(len(buffer), self._left, len(self._block) - self._at)
-        buffer[:n] = self._block[self._at : self._at + n]
-        self._at = (self._at + n) % len(self._block)
-        self._left -= n
-        return n
+        done = 0
+        while done < len(buffer) and self._left:  # full reads: tarfile takes a short one for the end
+            n = min(len(buffer) - done, self._left, len(self._block) - self._at)
+            buffer[done : done + n] = self._block[self._at : self._at + n]
+            self._at = (self._at + n) % len(self._block)
+            self._left -= n
+            done += n
+        return done
 
 
 def write_tar(
@@ -102,7 +108,33 @@ def write_parquet(path: str | pathlib.Path, groups: Iterable[pa.Table | dict], *
 
 def rss_bytes() -> int:
     """This process's resident memory now (Linux: /proc/self/statm, in pages)."""
-    import os
-
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def stream_growth(uri: str, fmt: str, *, warm_up: str, max_bytes: int) -> dict:
+    """Reads warm_up, then uri, through pipeline.shards; the peak growth of resident memory.
+
+    Meant for a fresh process (python -m tests.shards): one that wrote the shard keeps
+    freed memory in its allocators, which the reader would reuse unseen. The warm-up shard
+    takes what a first read sets up once per process (TensorFlow's parser, Arrow's pools).
+    """
+    from pipeline.shards import Member, read_shard
+
+    list(read_shard(warm_up, fmt))
+    before = rss_bytes()
+    growth, at_half, images, failures = 0, 0, 0, []
+    for item in read_shard(uri, fmt, max_bytes=max_bytes):
+        if isinstance(item, Member):
+            images += 1
+        else:
+            failures.append([item.uri, item.error_type])
+        growth = max(growth, rss_bytes() - before)
+        if images == 26:
+            at_half = growth
+    return {"images": images, "failures": failures, "growth": growth, "at_half": at_half}
+
+
+if __name__ == "__main__":  # python -m tests.shards URI FORMAT WARM_UP_URI MAX_BYTES
+    uri, fmt, warm_up, max_bytes = sys.argv[1:]
+    print(json.dumps(stream_growth(uri, fmt, warm_up=warm_up, max_bytes=int(max_bytes))))
