@@ -313,9 +313,9 @@ def read_parquet(shard: str, handle, image_field, key_field, max_bytes) -> Itera
         yield Failure(shard, "read", "damaged_shard", message)
         return
     schema = parquet.schema_arrow
-    image, problem = _image_column(schema, image_field)
+    image, path, problem = _image_column(schema, image_field)
     key = key_field if key_field in schema.names else None
-    columns = [c for c in (image, key) if c is not None]
+    columns = [c for c in (path, key) if c is not None]
     uris = _Uris(shard, track=key is not None)
     first, damage, lost = 0, [], 0
     for group in range(parquet.num_row_groups):
@@ -327,7 +327,7 @@ def read_parquet(shard: str, handle, image_field, key_field, max_bytes) -> Itera
             else:  # no column to read: the row count says how many rows there are
                 batches = [pa.record_batch({"row": pa.nulls(rows)})]
             for batch in batches:
-                images = _image_values(batch.column(image.split(".")[0])) if image else None
+                images = _image_values(batch.column(image)) if image else None
                 lengths = pc.binary_length(images) if image else None
                 keys = batch.column(key) if key else None
                 for i in range(batch.num_rows):
@@ -351,20 +351,20 @@ def read_parquet(shard: str, handle, image_field, key_field, max_bytes) -> Itera
         yield Failure(shard, "read", "damaged_shard", message)
 
 
-def _image_column(schema: pa.Schema, image_field: str | None) -> tuple[str | None, str]:
-    """The column path to read for the image, or None and why there is none."""
+def _image_column(schema: pa.Schema, image_field: str | None) -> tuple[str | None, str | None, str]:
+    """The image column's name and the path to read from it, or None, None and why not."""
     names = (image_field,) if image_field else PARQUET_IMAGE_FIELDS
     name = next((n for n in names if n in schema.names), None)
     if name is None:
-        return None, f"no column {_either(names)} (columns: {', '.join(schema.names)})"
+        return None, None, f"no column {_either(names)} (columns: {', '.join(schema.names)})"
     kind = schema.field(name).type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return name, ""
+        return name, name, ""
     if pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0:
         child = kind.field("bytes").type
         if pa.types.is_binary(child) or pa.types.is_large_binary(child):
-            return f"{name}.bytes", ""  # only the bytes, not the struct's other fields (path)
-    return None, f"column {name!r} is {kind}, not binary or a struct with a binary 'bytes' field"
+            return name, f"{name}.bytes", ""  # only the bytes, not the struct's other fields (path)
+    return None, None, f"column {name!r} is {kind}, not binary or a struct with a binary 'bytes' field"
 
 
 def _image_values(column: pa.Array) -> pa.Array:

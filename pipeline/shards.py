@@ -13,8 +13,8 @@ Keys and uris. A member's uri is `SHARD_URI#KEY`, where KEY is
   its 0-based index in the shard (also for a record too large or too damaged to parse).
 A uri already given out in the shard gets `#2` appended (else `#3`, ...), so duplicate
 keys are all kept, told apart in shard order, and a shard always gives the same uris.
-Failures of the shard as a whole (it cannot be opened; it is damaged from some point on)
-carry the bare SHARD_URI, at most one per shard.
+Failures of the shard as a whole (it cannot be opened or read; it is damaged) carry the
+bare SHARD_URI, at most one per shard.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ FORMATS = ("webdataset", "tfrecord", "parquet")
 # New error_types of the read stage (to merge into the errors vocabulary). A shard that
 # cannot be opened, and a member over max_bytes, use READ_ERROR_TYPES' names.
 SHARD_ERROR_TYPES: dict[str, str] = {
-    "damaged_shard": "the shard is truncated or corrupt from the point named on; what came before was read",
+    "damaged_shard": "the shard is truncated or corrupt; the message says where and what it cost, the rest was read",
     "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
     "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
 }

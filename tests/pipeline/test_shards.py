@@ -472,6 +472,13 @@ def test_parquet_duplicate_keys(tmp_path):
     ]
 
 
+def test_parquet_column_names_with_dots(tmp_path):
+    shard = tmp_path / "p.parquet"
+    write_parquet(shard, [{"img.data": [b"x"], "id.str": ["k"]}])
+    # A dot in a name is part of the name, not a path into a struct.
+    assert read(shard, "parquet", image_field="img.data", key_field="id.str") == [Member(f"{shard}#k", b"x")]
+
+
 def test_parquet_cell_over_max_bytes(tmp_path):
     shard = tmp_path / "p.parquet"
     write_parquet(shard, [{"jpg": [b"a" * 101, b"b" * 100]}])
