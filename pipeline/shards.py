@@ -64,7 +64,7 @@ FORMATS = ("webdataset", "tfrecord", "parquet")
 # New error_types of the read stage (to merge into the errors vocabulary). A shard that
 # cannot be opened, and a member over max_bytes, use READ_ERROR_TYPES' names.
 SHARD_ERROR_TYPES: dict[str, str] = {
-    "damaged_shard": "the shard is truncated or corrupt; the message says where and what it cost, the rest was read",
+    "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
     "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
     "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
 }
