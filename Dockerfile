@@ -4,7 +4,7 @@
 #
 # The base image must be the same Beam version and Python minor version as the launcher
 # that submits the job (tests/pipeline/test_packaging.py checks these defaults against the
-# installed Beam). Build and push (see README, "Scale-out"):
+# installed Beam). Build and push (see docs/deployment.md):
 #
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0 .
 #   docker push REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0

@@ -8,7 +8,7 @@ faiss (``faiss-cpu``): the reference library for exact and compressed search on 
 and what autofaiss and clip-retrieval build, so their users can open our ``knn.index``.
 Up to ``EXACT_MAX`` vectors the index is exact (``Flat``); past it, ``IVF{nlist},SQ8``
 with nprobe tuned during the build to an estimated recall@10 of ``TARGET_RECALL`` (see
-the README for the measured recall, memory, and why SQ8 rather than PQ).
+docs/search.md for the measured recall, memory, and why SQ8 rather than PQ).
 
 An index directory holds ``knn.index`` (faiss; PCA and normalisation inside it, so a
 query is the L2-normalised fc7), ``ids.parquet`` (row, image_id, uri: faiss id ``row``)

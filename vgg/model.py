@@ -36,7 +36,7 @@ def fill_weights(model: keras.Model, layers: Layers) -> None:
 
     Kernels may be `RowBlocks` (as `iter_npz(..., block_bytes=...)` yields fc6), so that
     loading holds the variables plus one block, not the variables plus whole arrays and
-    their tensor copies (README, "Where the time went": a job's peak RSS 1.92 -> 1.78 GiB).
+    their tensor copies (CHANGELOG.md says what that saved).
     """
     for name, kernel, bias in layers:
         layer = model.get_layer(name)
