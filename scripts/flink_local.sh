@@ -40,6 +40,16 @@ registered_taskmanagers() {
   overview | "${PYTHON:-python3}" -c 'import json, sys; print(json.load(sys.stdin)["taskmanagers"])' 2>/dev/null || echo 0
 }
 
+# Resource ids of the registered TaskManagers, one per line (a killed one stays listed until
+# its heartbeat times out).
+taskmanager_ids() {
+  "${PYTHON:-python3}" - "$REST_PORT" <<'EOF' 2>/dev/null || true
+import json, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/taskmanagers", timeout=2) as response:
+    print("\n".join(tm["id"] for tm in json.load(response)["taskmanagers"]))
+EOF
+}
+
 # Pids of this cluster's daemons still alive, from Flink's pid files.
 live_pids() {
   local file pid
@@ -129,11 +139,17 @@ start() {
 
 add_taskmanager() {
   ensure_flink
-  local before
-  before="$(registered_taskmanagers)"
+  local before deadline=$((SECONDS + START_TIMEOUT_S))
+  before="$(taskmanager_ids)"
   "$FLINK_HOME/bin/taskmanager.sh" start >/dev/null
-  wait_for_taskmanagers $((before + 1))
-  echo "TaskManager added: $((before + 1)) registered"
+  until taskmanager_ids | grep -qvxF "${before:-none}"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: the new TaskManager did not register within ${START_TIMEOUT_S} s; logs in $FLINK_DIR/log" >&2
+      exit 1
+    fi
+    sleep 0.5
+  done
+  echo "TaskManager added: $(taskmanager_ids | grep -vxF "${before:-none}")"
 }
 
 stop() {
