@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv test
+# Apache Flink for tests/pipeline/test_flink.py, and Beam's Flink job server where Maven serves it.
+source scripts/flink_setup.sh
+ensure_flink
+ensure_job_server
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "==> installing chromium (headless browser for the HTML report test)"
