@@ -1,7 +1,7 @@
 """Recall@10 of the approximate index against exact search, with build time and memory.
 
-    python benchmarks/index_recall.py                 # 200,000 fc7-like vectors, PCA to 256, IVF-SQ8
-    python benchmarks/index_recall.py --n 100000 --dim 0 --index_key IVF1024,SQ8   # no PCA
+    python -m benchmarks.index_recall                 # 200,000 fc7-like vectors, PCA to 256, IVF-SQ8
+    python -m benchmarks.index_recall --n 100000 --dim 0 --index_key IVF1024,SQ8   # no PCA
 
 The vectors are synthetic but shaped like VGG16 fc7: 4096-d, non-negative and sparse
 (ReLU of a projection), clustered (2,000 "classes" around which images scatter) and of
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import resource
 import sys
 import tempfile
@@ -29,10 +28,8 @@ import time
 import faiss
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.index import BATCH_ROWS, Embeddings, build_index, normalize  # noqa: E402
-from pipeline.search import EmbeddingIndex  # noqa: E402
+from pipeline.index import BATCH_ROWS, Embeddings, build_index, normalize
+from pipeline.search import EmbeddingIndex
 
 
 class SyntheticFc7:
@@ -105,7 +102,7 @@ def chain(index: faiss.Index):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200_000, help="vectors indexed")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=256, help="PCA dimension; 0 keeps all 4096")

@@ -1,6 +1,6 @@
 """Near-duplicate retrieval: do resized, cropped, recompressed and flipped copies find their original?
 
-    python benchmarks/near_duplicates.py --weights vgg16_weights.npz [--images 'photos/*.jpg' ...]
+    python -m benchmarks.near_duplicates --weights vgg16_weights.npz [--images 'photos/*.jpg' ...]
 
 Indexes the originals' fc7 (exact index, as pipeline.index builds it), makes edited copies
 of each original, queries with every copy through pipeline.search (same weights, resize and
@@ -25,7 +25,6 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.index import ArrayEmbeddings, build_index  # noqa: E402
@@ -80,7 +79,7 @@ def originals(patterns: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", required=True, help="npz or Keras h5 VGG16 weights, or 'imagenet'")
     parser.add_argument("--images", action="append", default=None, help="originals (glob; repeatable)")
     parser.add_argument("--resize", choices=("squash", "center_crop"), default="squash")

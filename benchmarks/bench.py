@@ -1,7 +1,7 @@
 """Benchmark: the pipeline end to end against the bare model and the stock Beam peer, in one run.
 
-    python -m pipeline.bench --out output/bench            # the full run (about 17 minutes)
-    python -m pipeline.bench --out /tmp/b --images 24 --quick
+    python -m benchmarks.bench --out output/bench            # the full run (about 17 minutes)
+    python -m benchmarks.bench --out /tmp/b --images 24 --quick
 
 Measures (a) the bare model on preprocessed uint8 batches over several batch sizes,
 (b) the peer: Beam RunInference with its TensorFlow model handler and
@@ -92,7 +92,7 @@ def bench_model_in_subprocess(weights: str, batch_sizes: list[int], precision: s
     memory at fork time into the child's peak RSS: a small parent keeps that figure honest.
     """
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.bench", "--model_job", weights, ",".join(map(str, batch_sizes)),
+        [sys.executable, "-m", "benchmarks.bench", "--model_job", weights, ",".join(map(str, batch_sizes)),
          precision, str(seconds)],
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -145,7 +145,7 @@ def ours(folder: str, out: str, weights: str, *extra: str) -> list[str]:
 
 
 def peer(folder: str, out: str, h5: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.bench", "--peer_job", folder, out, h5]
+    return [sys.executable, "-m", "benchmarks.bench", "--peer_job", folder, out, h5]
 
 
 def steady(runs: list[dict], n_small: int, n_large: int) -> dict:
@@ -217,7 +217,7 @@ def run_peer_job(folder: str, out: str, h5: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="output/bench")
     parser.add_argument("--weights", help="weights file (default: synthesized, UNTRAINED)")
     parser.add_argument("--images", type=int, default=240, help="images in the large run per size")
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_model(weights, [int(b) for b in sizes.split(",")], precision, float(seconds))
         print(json.dumps(result))
         return 0
-    from pipeline.bench_report import report
+    from benchmarks.report import report
 
     os.makedirs(args.out, exist_ok=True)
     weights = args.weights or os.path.join(args.out, "vgg16_untrained.npz")

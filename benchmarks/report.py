@@ -1,4 +1,4 @@
-"""Turns pipeline.bench's figures into the printed table, the ratios and the batch-size plot."""
+"""Turns benchmarks.bench's figures into the printed table, the ratios and the batch-size plot."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.bench import bench_decode, bench_model, make_images, steady, timed_job
-from pipeline.bench_report import ratios, report
+from benchmarks.bench import bench_decode, bench_model, make_images, steady, timed_job
+from benchmarks.report import ratios, report
 
 
 def test_steady_rate_takes_the_fastest_wall_of_each_size():
