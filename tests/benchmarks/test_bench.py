@@ -1,72 +1,77 @@
-"""The benchmark's arithmetic and its parts: the steady-rate estimate, the ratios, the table."""
+"""The bench's parts: the steady-rate estimate, the pinned decode rate, a job's wall and whole-tree memory."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
-from benchmarks.bench import bench_decode, bench_model, make_images, steady, timed_job
-from benchmarks.report import ratios, report
+from benchmarks.bench import bench_decode, ours, steady, timed_job
+from benchmarks.images import make_images
+
+
+def tree(total: float) -> dict:
+    return {"total_peak_rss_gib": total, "processes": [], "samples": 3}
 
 
 def test_steady_rate_takes_the_fastest_wall_of_each_size():
-    runs = [
-        {"wall_small_s": 10.0, "wall_large_s": 40.0, "peak_rss_gib": 1.7},
-        {"wall_small_s": 12.0, "wall_large_s": 38.0, "peak_rss_gib": 1.8},
+    rounds = [
+        {"wall_small_s": 10.0, "wall_large_s": 40.0, "total_peak_rss_gib": 1.7, "memory": tree(1.7)},
+        {"wall_small_s": 12.0, "wall_large_s": 38.0, "total_peak_rss_gib": 1.9, "memory": tree(1.9)},
     ]
-    got = steady(runs, 60, 240)
+    got = steady(rounds, 60, 240)
     # 180 more images in 38 - 10 = 28 s more: 6.4286 img/s; start-up 10 - 60 / 6.4286 = 0.667 s.
     assert got["steady_images_per_s"] == pytest.approx(180 / 28)
     assert got["startup_s"] == pytest.approx(10 - 60 * 28 / 180)
-    assert (got["wall_small_s"], got["wall_large_s"], got["peak_rss_gib"]) == (10.0, 38.0, 1.8)
-    assert got["rounds"] == runs
+    assert (got["wall_small_s"], got["wall_large_s"]) == (10.0, 38.0)
+    # Memory: the whole tree of the round that peaked highest; the rounds keep their walls only.
+    assert got["memory"] == tree(1.9)
+    assert got["rounds"] == [{k: v for k, v in r.items() if k != "memory"} for r in rounds]
     with pytest.raises(RuntimeError, match="was not slower than the 60-image run"):
-        steady([{"wall_small_s": 10.0, "wall_large_s": 9.0, "peak_rss_gib": 1.0}], 60, 240)
+        steady([{"wall_small_s": 10.0, "wall_large_s": 9.0, "memory": tree(1.0)}], 60, 240)
 
 
-def _results():
-    def job(rate, startup, rss):
-        return {"steady_images_per_s": rate, "startup_s": startup, "peak_rss_gib": rss}
-
-    return {
-        "machine": {"cpu": "Test CPU", "cores": 2, "tensorflow": "2.x"},
-        "model": {
-            "float32": {"images_per_s": {1: 6.0, 16: 8.0}, "best": 8.0, "load_s": 1.3, "device": "CPU"},
-            "bfloat16": {"images_per_s": {1: 9.0, 16: 16.0}, "best": 16.0, "load_s": 1.4, "device": "CPU"},
-        },
-        "sizes": {
-            "640x480": {
-                "decode_images_per_s_per_core": 700.0,
-                "ours": job(7.6, 6.0, 1.75),
-                "peer": job(5.0, 10.0, 2.8),
-                "ours_bfloat16": job(14.0, 5.5, 1.6),
-            }
-        },
-        "memory": {"threads_1": 1.75, "threads_4": 2.2},
-    }
-
-
-def test_ratios_and_table():
-    results = _results()
-    # c/a = 7.6 / 8.0; c/b = 7.6 / 5.0; bfloat16 pipeline over the float32 bare model = 14 / 8.
-    want = {"c/a": 0.95, "c/b": 1.52, "bf16_pipeline/a": 1.75}
-    assert ratios(results) == {"640x480": pytest.approx(want)}
-    text = report(results)
-    assert "(a) bare model float32: best 8.0 img/s (b1: 6.0, b16: 8.0); load 1.3 s" in text
-    assert "640x480   (c) pipeline float32         7.6        6.0        1.75" in text
-    assert "640x480   (b) peer RunInference        5.0       10.0        2.80" in text
-    assert "640x480: c/a = 0.950, c/b = 1.520, bf16_pipeline/a = 1.750" in text
-    assert "peak RSS by threads: threads_1 1.75 GiB, threads_4 2.20 GiB" in text
-
-
-def test_parts_measure_something(npz_path, tmp_path):
+def test_decode_rate_on_one_pinned_core_restores_the_cpu_set(tmp_path):
+    before = os.sched_getaffinity(0)
     paths = make_images(str(tmp_path / "img"), (64, 48), 3)
-    assert bench_decode(paths) > 0
-    model = bench_model(npz_path, [1, 2], "float32", seconds=0.0)
-    assert set(model["images_per_s"]) == {1, 2} and model["best"] == max(model["images_per_s"].values()) > 0
-    assert model["device"].startswith("CPU") and model["load_s"] > 0
-    # At least the child's own 300 MiB. (Linux also counts this process's RSS at fork into
-    # the child's peak, which is why the benchmark itself never loads a model.)
-    wall, rss_gib = timed_job(["python3", "-c", "bytearray(300 * 2**20)"])
-    assert wall > 0 and rss_gib > 0.29
+    assert bench_decode(paths, passes=2) > 0
+    assert os.sched_getaffinity(0) == before  # the jobs started next must get every core
+
+
+# A parent holding 300 MiB starts a child holding 200 MiB; both wait until both hold theirs.
+PARENT = """
+import subprocess, sys, time
+block = b"\\x01" * (300 * 2**20)
+child = subprocess.Popen([sys.executable, "-c",
+    "import sys, time; block = b'\\\\x01' * (200 * 2**20); print('ready', flush=True); time.sleep(1.5)"],
+    stdout=subprocess.PIPE)
+child.stdout.readline()
+time.sleep(1.5)
+child.wait()
+"""
+
+
+def test_timed_job_sums_the_whole_tree_at_one_instant():
+    got = timed_job([sys.executable, "-c", PARENT])
+    memory = got["memory"]
+    # Two processes of "python -c", one above 300 MiB and one above 200 MiB, held at the same
+    # time: the tree's total is at least their sum (0.49 GiB), which neither reaches alone.
+    assert [p["process"] for p in memory["processes"]] == ["python -c", "python -c"]
+    parent, child = memory["processes"]
+    assert parent["peak_rss_gib"] > 300 / 1024 and 200 / 1024 < child["peak_rss_gib"] < 300 / 1024
+    assert memory["total_peak_rss_gib"] > 500 / 1024
+    assert memory["total_peak_rss_gib"] == pytest.approx(
+        parent["rss_at_total_peak_gib"] + child["rss_at_total_peak_gib"]
+    )
+    assert got["wall_s"] > 1.5 and memory["samples"] > 10  # a sample every 50 ms
     with pytest.raises(RuntimeError, match="failed"):
-        timed_job(["python3", "-c", "raise SystemExit(3)"])
+        timed_job([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="ran past its 1 s"):
+        timed_job([sys.executable, "-c", "import time; time.sleep(30)"], timeout_s=1)
+
+
+def test_our_job_gets_the_batch_size_the_tuned_peer_gets():
+    argv = ours("in", "out", "w.npz", "--precision", "bfloat16")
+    assert argv[1:3] == ["-m", "pipeline.run"]
+    assert argv[argv.index("--batch_size") + 1] == "16" and argv[-2:] == ["--precision", "bfloat16"]
