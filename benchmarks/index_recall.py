@@ -232,9 +232,10 @@ def table(result: dict, markdown: bool = False) -> str:
                      f"{b['index_bytes'] / b['count']:.0f}", f"{b['build_seconds']:.0f}",
                      f"{r['peak_rss_mib'] / 1024:.2f}", f"{r['ms_per_query_batch']:.2f}",
                      f"{r['ms_single_query']:.1f}"))  # fmt: skip
+    queries = " or ".join(sorted({f"{r['queries']:,}" for r in result["runs"].values()}))
     intro = (
         "synthetic fc7-like vectors (4096-d); recall@10 against exact search in the index's space, "
-        "'vs 4096-d' against exact 4096-d cosine; 1,000 held-out queries"
+        f"'vs 4096-d' against exact 4096-d cosine; {queries} held-out queries"
     )
     body = [intro, "", tables.table(head, rows, markdown=markdown, align="lll" + "r" * 7)]
     return "\n".join(body if markdown else [results.machine_line(result["machine"]), *body])
