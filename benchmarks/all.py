@@ -23,8 +23,8 @@ WEIGHTS = "vgg16_untrained.npz"  # in --out; what the bench synthesizes, and nea
 # name -> (module and its arguments, minutes on an idle 2-core machine, from the runs' own figures)
 STEPS = {
     "decode": (["benchmarks.decode"], 1),
-    "bench": (["benchmarks.bench"], 21),
-    "index_recall": (["benchmarks.index_recall", "--suite"], 12),
+    "bench": (["benchmarks.bench"], 22),
+    "index_recall": (["benchmarks.index_recall", "--suite"], 11),
     "pca": (["benchmarks.pca"], 4),
     "near_duplicates": (["benchmarks.near_duplicates", "--weights", "{out}/" + WEIGHTS], 1),
 }
