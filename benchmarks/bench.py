@@ -127,6 +127,7 @@ def prepare_weights(out: str, weights: str | None, *, for_peers: bool = True) ->
     from vgg.weights import describe_weights
 
     tool = [sys.executable, "-m", "vgg.weights"]  # in children: this process stays small
+    os.makedirs(out, exist_ok=True)
     made_with = None
     if weights is None:
         weights = os.path.join(out, "vgg16_untrained.npz")
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 8 or args.rounds < 1:
         parser.error(f"--images must be >= 8 and --rounds >= 1. Received: {args.images}, {args.rounds}")
-    os.makedirs(args.out, exist_ok=True)
+    args.out = os.path.abspath(args.out)  # the jobs run in the repository root
     weights, h5, weights_info = prepare_weights(args.out, args.weights)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     precisions = ["float32"] if args.quick else ["float32", "bfloat16"]

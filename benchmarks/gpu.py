@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     args.argv = argv
+    args.out = os.path.abspath(args.out)  # the jobs run in the repository root
     budget = Budget(args.budget_s)
     gpu_index = install = None
     if args.tiny_cpu:
