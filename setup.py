@@ -35,7 +35,7 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         "search": ["faiss-cpu>=1.8"],
-        # Only for `python -m pipeline.bench`: the stock peer (Beam's TF model handler imports
+        # Only for `python -m benchmarks.…`: the Beam peers (Beam's TF model handler imports
         # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
         "bench": ["tensorflow-hub>=0.16", "tf-keras>=2.16,<2.22", "matplotlib>=3.7"],
         "test": [

@@ -1,6 +1,6 @@
 """Near-duplicate retrieval: do resized, cropped, recompressed and flipped copies find their original?
 
-    python benchmarks/near_duplicates.py --weights vgg16_weights.npz [--images 'photos/*.jpg' ...]
+    python -m benchmarks.near_duplicates --weights vgg16_weights.npz [--images 'photos/*.jpg' ...]
 
 Indexes the originals' fc7 (exact index, as pipeline.index builds it), makes edited copies
 of each original, queries with every copy through pipeline.search (same weights, resize and
@@ -25,16 +25,12 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import results, tables
+from vgg.preprocess import ImageError, load_image
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.index import ArrayEmbeddings, build_index  # noqa: E402
-from pipeline.io import image_id  # noqa: E402
-from pipeline.search import Searcher, embed_images  # noqa: E402
-from vgg.inference import Predictor  # noqa: E402
-from vgg.preprocess import ImageError, load_image  # noqa: E402
-
-SAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples", "*")
+SAMPLES = os.path.join(results.REPO, "samples", "*")
 
 
 def _png(img: Image.Image) -> bytes:
@@ -79,32 +75,30 @@ def originals(patterns: list[str]) -> list[str]:
     return found
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--weights", required=True, help="npz or Keras h5 VGG16 weights, or 'imagenet'")
-    parser.add_argument("--images", action="append", default=None, help="originals (glob; repeatable)")
-    parser.add_argument("--resize", choices=("squash", "center_crop"), default="squash")
-    args = parser.parse_args(argv)
-    paths = originals(args.images or [SAMPLES])
-    if len(paths) < 2:
-        parser.error(
-            f"need at least 2 original images. Received: {len(paths)} from {args.images or [SAMPLES]}"
-        )
-    predictor = Predictor(args.weights)
+def measure(weights: str, paths: list[str], resize: str) -> dict:
+    """Indexes the originals, queries with each edit's copies; recall, cosines and margins per edit."""
+    from pipeline.index import ArrayEmbeddings, build_index
+    from pipeline.io import image_id
+    from pipeline.search import Searcher, embed_images
+    from vgg.inference import Predictor
+
+    predictor = Predictor(weights)
     info = predictor.weights
-    print(
-        f"weights: {info.name}, sha256 {info.sha256}, "
-        f"{'UNTRAINED (synthesized random numbers)' if info.untrained else 'trained'}; resize {args.resize}"
-    )
     provenance = {
         "weights_name": info.name,
         "weights_sha256": info.sha256,
         "weights_untrained": str(info.untrained).lower(),
-        "resize": args.resize,
+        "resize": resize,
         "precision": predictor.precision,
     }
+    out = {
+        "weights": {"name": info.name, "sha256": info.sha256, "untrained": info.untrained},
+        "resize": resize,
+        "originals": [results.relative(p) for p in paths],
+        "edits": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        fc7 = embed_images(predictor, paths, resize=args.resize)
+        fc7 = embed_images(predictor, paths, resize=resize)
         build_index(
             ArrayEmbeddings(fc7, [image_id(p) for p in paths], paths), f"{tmp}/index", provenance=provenance
         )
@@ -112,12 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         normed = fc7 / np.linalg.norm(fc7, axis=1, keepdims=True)
         others = normed @ normed.T
         np.fill_diagonal(others, np.nan)
-        print(
-            f"{len(paths)} originals indexed; chance recall@1 {1 / len(paths):.3f}, recall@5 "
-            f"{min(5, len(paths)) / len(paths):.3f}; cosine between different originals: mean "
-            f"{np.nanmean(others):.3f}, max {np.nanmax(others):.3f}"
-        )
-        totals = {1: [], 5: []}
+        out["chance"] = {"recall@1": 1 / len(paths), "recall@5": min(5, len(paths)) / len(paths)}
+        out["cosine_between_originals"] = {"mean": float(np.nanmean(others)), "max": float(np.nanmax(others))}
         for name, edit in EDITS.items():
             copies = []
             for i, path in enumerate(paths):
@@ -128,30 +118,75 @@ def main(argv: list[str] | None = None) -> int:
                 with open(copies[-1], "wb") as handle:
                     handle.write(data)
             queries = searcher.embed(copies)
-            results = searcher.index.search(queries, k=5)
-            ranks = [
-                next((h.rank for h in hits if h.uri == path), None) for hits, path in zip(results, paths)
-            ]
+            found = searcher.index.search(queries, k=5)
+            ranks = [next((h.rank for h in hits if h.uri == path), None) for hits, path in zip(found, paths)]
             cosines = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ normed.T
             own = np.diag(cosines).copy()
             np.fill_diagonal(cosines, -np.inf)
             margin = own - cosines.max(axis=1)
-            at1 = [r == 1 for r in ranks]
-            at5 = [r is not None for r in ranks]
-            totals[1] += at1
-            totals[5] += at5
-            print(
-                f"  {name:<28} recall@1 {np.mean(at1):.3f}  recall@5 {np.mean(at5):.3f}  "
-                f"cosine to own {own.mean():.3f}  margin mean {margin.mean():+.3f} min {margin.min():+.3f}  "
-                f"(ranks {ranks})"
-            )
-        print(f"  {'all edits':<28} recall@1 {np.mean(totals[1]):.3f}  recall@5 {np.mean(totals[5]):.3f}")
-    if info.untrained:
-        print(
-            "NOTE: UNTRAINED weights: these figures describe random filters on this gallery, not VGG16. "
-            "With few originals, read the margins and chance levels, not only recall; run with the "
-            "genuine weights for the real figure."
+            out["edits"][name] = {
+                "ranks": ranks,
+                "recall@1": float(np.mean([r == 1 for r in ranks])),
+                "recall@5": float(np.mean([r is not None for r in ranks])),
+                "cosine_to_own": float(own.mean()),
+                "margin_mean": float(margin.mean()),
+                "margin_min": float(margin.min()),
+            }
+    return out
+
+
+def table(result: dict, markdown: bool = False) -> str:
+    """Recall, cosine and margin per edit, with the chance levels and the weights."""
+    w, chance, between = result["weights"], result["chance"], result["cosine_between_originals"]
+    rows = [
+        (name, f"{e['recall@1']:.3f}", f"{e['recall@5']:.3f}", f"{e['cosine_to_own']:.3f}",
+         f"{e['margin_mean']:+.3f}", f"{e['margin_min']:+.3f}", " ".join(str(r) for r in e["ranks"]))
+        for name, e in result["edits"].items()
+    ]  # fmt: skip
+    edits = result["edits"].values()
+    n = len(result["originals"])
+    rows.append(("all edits", f"{np.mean([e['recall@1'] for e in edits]):.3f}",
+                 f"{np.mean([e['recall@5'] for e in edits]):.3f}", "", "", "", ""))  # fmt: skip
+    head = ("edit", "recall@1", "recall@5", "cosine to own", "margin mean", "margin min", "ranks")
+    trained = "UNTRAINED (synthesized random numbers)" if w["untrained"] else "trained"
+    lines = [
+        f"weights: {w['name']}, sha256 {w['sha256'][:12]}…, {trained}; resize {result['resize']}",
+        f"{n} originals indexed; chance recall@1 {chance['recall@1']:.3f}, "
+        f"recall@5 {chance['recall@5']:.3f}; cosine between different originals: "
+        f"mean {between['mean']:.3f}, max {between['max']:.3f}",
+        "",
+        tables.table(head, rows, markdown=markdown),
+    ]
+    if w["untrained"]:
+        lines += ["", UNTRAINED_NOTE]
+    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
+
+
+UNTRAINED_NOTE = (
+    "NOTE: UNTRAINED weights: these figures describe random filters on this gallery, not VGG16. "
+    "With few originals, read the margins and chance levels, not only recall; run with the "
+    "genuine weights for the real figure."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
+    parser.add_argument("--weights", required=True, help="npz or Keras h5 VGG16 weights, or 'imagenet'")
+    parser.add_argument("--images", action="append", default=None, help="originals (glob; repeatable)")
+    parser.add_argument("--resize", choices=("squash", "center_crop"), default="squash")
+    parser.add_argument("--results", default=results.RESULTS, help="where near_duplicates.{json,txt} go")
+    args = parser.parse_args(argv)
+    paths = originals(args.images or [SAMPLES])
+    if len(paths) < 2:
+        parser.error(
+            f"need at least 2 original images. Received: {len(paths)} from {args.images or [SAMPLES]}"
         )
+    measured = measure(args.weights, paths, args.resize)
+    result = {**results.stamp("near_duplicates", "benchmarks.near_duplicates", argv), **measured}
+    text = table(result)
+    print(text)
+    written = results.write(result, text, args.results, "near_duplicates")
+    print("wrote " + ", ".join(results.relative(p) for p in written))
     return 0
 
 
