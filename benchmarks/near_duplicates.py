@@ -78,7 +78,7 @@ def originals(patterns: list[str]) -> list[str]:
 def measure(weights: str, paths: list[str], resize: str) -> dict:
     """Indexes the originals, queries with each edit's copies; recall, cosines and margins per edit."""
     from pipeline.index import ArrayEmbeddings, build_index
-    from pipeline.io import image_id
+    from pipeline.inputs import image_id
     from pipeline.search import Searcher, embed_images
     from vgg.inference import Predictor
 

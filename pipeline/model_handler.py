@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,9 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from pipeline import METRICS_NAMESPACE
 from pipeline.inputs import InputError, first_cause
 from vgg.architecture import PRECISIONS
+from vgg.hardware import precision_warning
+
+log = logging.getLogger(__name__)
 
 if getattr(_beam_inference, "resource", None) is None:
     # Beam imports the stdlib `resource` in the same try-block as its ModelManager, which
@@ -107,6 +111,9 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
     def load_model(self):
         from vgg.inference import Predictor  # TensorFlow is imported on workers only
 
+        warning = precision_warning(self.config.precision)  # about this worker's own device
+        if warning:
+            log.warning(warning)
         return Predictor(
             stage_weights(self.config.weights),
             sha256=self.config.sha256,

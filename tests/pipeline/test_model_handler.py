@@ -61,3 +61,23 @@ def test_beam_keeps_its_memory_metric_without_torch():
     import pipeline.model_handler  # noqa: F401
 
     assert base.resource is resource
+
+
+def test_a_worker_warns_when_its_device_lacks_the_precision(monkeypatch, caplog):
+    import vgg.inference
+
+    def fake_predictor(weights, **kwargs):
+        loaded.append(kwargs["precision"])
+        return "model"
+
+    def fake_warning(precision):
+        return None if precision == "float32" else f"--precision {precision} is emulated on this CPU"
+
+    loaded = []
+    monkeypatch.setattr(vgg.inference, "Predictor", fake_predictor)
+    monkeypatch.setattr("pipeline.model_handler.precision_warning", fake_warning)
+    with caplog.at_level("WARNING", logger="pipeline.model_handler"):
+        assert VGG16ModelHandler(ModelConfig("w.npz", precision="bfloat16")).load_model() == "model"
+        VGG16ModelHandler(ModelConfig("w.npz")).load_model()
+    assert [r.getMessage() for r in caplog.records] == ["--precision bfloat16 is emulated on this CPU"]
+    assert loaded == ["bfloat16", "float32"]
