@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -139,7 +140,9 @@ def test_loading_holds_one_copy_of_the_weights(npz_path):
     # measured +676 MB here. The two ways this regresses both cost ~+1.25 GB: reading fc6
     # whole (array + tensor + variable: 3 x 411 MB at once), or leaving a variable in
     # TensorFlow's copy-on-read mode after filling it, which copies every weight on each
-    # forward pass. A fresh process, so that nothing else in the suite is counted.
+    # forward pass. A fresh process, so that nothing else in the suite is counted, on the
+    # CPU even where a GPU is present: this measures host memory, where the weights sit
+    # only when the model runs on the CPU.
     code = """if True:
         import json, sys
         import numpy as np
@@ -157,7 +160,12 @@ def test_loading_holds_one_copy_of_the_weights(npz_path):
         print(json.dumps({"growth": status("VmHWM") - before}))
     """
     done = subprocess.run(
-        [sys.executable, "-c", code, npz_path], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code, npz_path],
+        cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     growth = json.loads(done.stdout.strip().splitlines()[-1])["growth"]
     assert 553e6 < growth < 900e6, growth
