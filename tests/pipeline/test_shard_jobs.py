@@ -10,6 +10,7 @@ process with the fake model (tests/pipeline/fakes.py); one is the real
 
 from __future__ import annotations
 
+import operator
 import os
 
 import numpy as np
@@ -222,6 +223,16 @@ def test_mixed_shards_every_input_exactly_once(photo_dir, npz_path, tmp_path, ca
     (damage,) = [r["message"] for r in errors if r["error_type"] == "damaged_shard"]
     assert damage.endswith("; 2 sample(s) read before it, the rest not read")
     assert "in member 'temple.bmp'" in damage
+    # A re-run (no replays) reads the same uris from the same shards: the very same rows.
+    line = run_here(
+        capsys,
+        *("--input_format", "webdataset", "--input_list", listing, "--input", faulty(folder / "0-good.tar")),
+        *("--output", tmp_path / "out", "--weights", npz_path, "--max_input_bytes", 2_000_000),
+    )
+    assert line.startswith("summary: 10 inputs from 4 shard(s), 4 labelled, 6 failed (read 4, decode 2, ")
+    by_id = operator.itemgetter("image_id")
+    for table, rows in (("predictions", predictions), ("errors", errors)):
+        assert sorted(read_rows(tmp_path / "out", table)[0], key=by_id) == sorted(rows, key=by_id)
 
 
 def photo_shards(photo_dir, folder) -> None:
