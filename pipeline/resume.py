@@ -7,6 +7,10 @@ not in this run's input are carried over into this attempt's errors shards, and 
 errors shards are deleted once the job has written its own. This attempt's shards get
 their own names (pipeline.outputs.shard_prefix), so no shard is ever overwritten.
 Either way the union of all shards holds each input exactly once.
+
+With a shard --input_format the inputs are the shards' members, known only once a shard
+is read: pipeline.shards.ReadInputs skips whole shards that failed before (skip_failed)
+and then the members already done (skip_done with a key function).
 """
 
 from __future__ import annotations
