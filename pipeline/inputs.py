@@ -18,12 +18,16 @@ from vgg.errors import ClassifiedError
 
 log = logging.getLogger(__name__)
 
-# The error_type of an errors row from the read stage.
+# The error_type of an errors row from the read stage, for loose files and shards
+# (pipeline.shards) alike: the one home of this vocabulary.
 READ_ERROR_TYPES: dict[str, str] = {
     "not_found": "the file does not exist (any more): deleted between listing and reading",
     "permission_denied": "the job's credentials may not read the file",
-    "too_large": "the file is over --max_input_bytes; not read to the end",
+    "too_large": "the file or shard member is over --max_input_bytes; not read to the end",
     "read_error": "any other read failure, after retries with backoff",
+    "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
+    "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
+    "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
 }
 READ_ATTEMPTS = 4
 MAX_INPUT_BYTES = 256 * 2**20
@@ -44,8 +48,9 @@ def image_id(uri: str) -> str:
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
 
 
-def check_patterns(patterns: list[str]) -> None:
-    """Fails when a pattern matches nothing (one listing call per pattern, first match only)."""
+def check_patterns(patterns: list[str]) -> list[str]:
+    """Each pattern's first match; fails when one matches nothing (one listing call per pattern)."""
+    first = []
     for pattern in patterns:
         try:
             result = FileSystems.match([pattern], limits=[1])[0]
@@ -53,6 +58,8 @@ def check_patterns(patterns: list[str]) -> None:
             raise InputError(f"--input {pattern!r} cannot be listed: {first_cause(error)}") from error
         if not result.metadata_list:
             raise InputError(f"--input {pattern!r} matches no files.")
+        first.append(result.metadata_list[0].path)
+    return first
 
 
 def read_input_list(path: str) -> list[str]:
@@ -72,6 +79,7 @@ def read_input_list(path: str) -> list[str]:
 
 
 def first_cause(error: Exception) -> str:
+    """The message of a failed filesystem call: the underlying errors of a BeamIOError, else its own."""
     if isinstance(error, BeamIOError) and error.exception_details:
         return "; ".join(str(e) for e in error.exception_details.values())
     return str(error)
@@ -86,7 +94,7 @@ def _status_code(error: BaseException) -> int | None:
     return None
 
 
-def _classify(error: Exception) -> str | None:
+def classify(error: Exception) -> str | None:
     """The permanent error type of a failed read, or None when a retry may help."""
     causes: list[BaseException] = [error]
     if isinstance(error, BeamIOError) and error.exception_details:
@@ -133,7 +141,7 @@ def read_bytes(
             with FileSystems.open(uri, compression_type="uncompressed") as handle:
                 data = handle.read(max_bytes + 1)
         except Exception as error:  # cloud clients raise their own types, not only OSError
-            kind = _classify(error)
+            kind = classify(error)
             if kind is not None:
                 raise ReadError(kind, f"{uri}: {first_cause(error)}") from error
             if attempt == attempts:
@@ -164,16 +172,20 @@ def _listed(line: str):
         yield absolute(uri)
 
 
-def check_inputs(patterns: list[str] | None, input_list: str | None) -> None:
+def check_inputs(patterns: list[str] | None, input_list: str | None) -> list[str]:
     """The launcher's check of --input and --input_list, before anything is submitted.
+
+    Returns:
+        The first file each pattern matches, then the list's first URI: a sample of the
+        inputs for the checks that read one (pipeline.shards.check_inputs).
 
     Raises:
         InputError: naming the pattern or list and what is wrong with it.
     """
-    if patterns:
-        check_patterns([absolute(p) for p in patterns])
+    first = check_patterns([absolute(p) for p in patterns]) if patterns else []
     if input_list:
-        read_input_list(input_list)
+        first.append(absolute(read_input_list(input_list)[0]))
+    return first
 
 
 class MatchInputs(beam.PTransform):

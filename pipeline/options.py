@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from pipeline.inputs import MAX_INPUT_BYTES
 from pipeline.model_handler import ModelConfig
+from pipeline.shards import FORMATS, INPUT_FORMATS, InputConfig
 from pipeline.transforms import DECODE_TIMEOUT_S, ISOLATION_MODES, DecodeConfig
 from vgg.architecture import PRECISIONS
 from vgg.preprocess import RESIZE_MODES
@@ -38,7 +39,33 @@ class VGGOptions(PipelineOptions):
             default=None,
             help="file pattern (local, gs://, s3://; '**' recurses); repeat for several",
         )
-        group.add_argument("--input_list", default=None, help="text file of URIs, one per line")
+        group.add_argument(
+            "--input_list",
+            default=None,
+            help="text file of URIs, one per line (of shards, with a shard --input_format)",
+        )
+        group.add_argument(
+            "--input_format",
+            choices=INPUT_FORMATS,
+            default=INPUT_FORMATS[0],
+            help="'files': one image per file. Otherwise --input and --input_list name shards, every "
+            "member of which is an input: tar files (webdataset), TFRecord files of tf.train.Example, "
+            "or Parquet files with an image column (docs/inputs.md)",
+        )
+        group.add_argument(
+            "--image_field",
+            default=None,
+            help="with a shard format: the image's member suffix (webdataset), feature (tfrecord) or "
+            "column (parquet); default: a sample's first member with an image extension (webdataset), "
+            "the first present of image/encoded, image, jpg (tfrecord) or of jpg, image, image_bytes "
+            "(parquet)",
+        )
+        group.add_argument(
+            "--key_field",
+            default=None,
+            help="with tfrecord or parquet: the feature or column of each record's key, used in its uri "
+            "(SHARD#KEY); default: the record's index in the shard",
+        )
         group.add_argument("--output", default=None, help="output directory (local, gs://, s3://)")
         group.add_argument("--weights", default=None, help="npz, Keras h5 (local or remote), or 'imagenet'")
         group.add_argument("--weights_sha256", default=None, help="refuse weights with another sha256")
@@ -274,9 +301,32 @@ def decode_config(args: argparse.Namespace) -> DecodeConfig:
     )
 
 
+def input_config(args: argparse.Namespace) -> InputConfig:
+    """Where the inputs are and how the job reads them, from the parsed options."""
+    return InputConfig(
+        patterns=tuple(args.input or ()),
+        input_list=args.input_list,
+        format=args.input_format,
+        image_field=args.image_field,
+        key_field=args.key_field,
+        max_bytes=args.max_input_bytes,
+    )
+
+
 def validate(args: argparse.Namespace) -> None:
     if not args.input and not args.input_list:
         raise ConfigError("no input: pass --input PATTERN (repeatable) and/or --input_list FILE.")
+    if args.input_format not in FORMATS and (args.image_field or args.key_field):
+        flag = "--image_field" if args.image_field else "--key_field"
+        raise ConfigError(
+            f"{flag} names a part of a shard; it needs a shard format (--input_format "
+            f"{'|'.join(FORMATS)}). Received: --input_format {args.input_format}"
+        )
+    if args.input_format == "webdataset" and args.key_field:
+        raise ConfigError(
+            "--key_field applies to tfrecord and parquet shards; a webdataset sample's key is its "
+            f"member names' (docs/inputs.md). Received: --key_field {args.key_field}"
+        )
     if not args.output:
         raise ConfigError("no output: pass --output DIRECTORY.")
     if not args.weights:

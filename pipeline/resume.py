@@ -7,6 +7,10 @@ not in this run's input are carried over into this attempt's errors shards, and 
 errors shards are deleted once the job has written its own. This attempt's shards get
 their own names (pipeline.outputs.shard_prefix), so no shard is ever overwritten.
 Either way the union of all shards holds each input exactly once.
+
+With a shard --input_format the inputs are the shards' members, known only once a shard
+is read: pipeline.shards.ReadInputs skips whole shards that failed before (skip_failed)
+and then the members already done (skip_done with a key function).
 """
 
 from __future__ import annotations
@@ -49,12 +53,36 @@ class Plan:
         """This run's attempt number: 0 for a fresh output, else 1 + the highest found."""
         return self.previous.next_attempt
 
-    def skip_done(self, uris):
-        """uris -> (the uris still to do, [old errors rows to carry into this attempt's shards])."""
-        if not self.previous.paths:
-            return uris, []
-        plan = uris | "SkipDone" >> SkipDone(self.previous, retry_errors=self.retry_errors)
+    @property
+    def resuming(self) -> bool:
+        """Whether --output holds earlier shards to skip against (with --resume)."""
+        return bool(self.previous.paths)
+
+    def skip_done(self, inputs, *, key=image_id, also=None, label: str = "SkipDone"):
+        """inputs -> (the inputs still to do, [old errors rows to carry into this attempt's shards]).
+
+        key(input) is an input's image_id (default: the input is a uri). `also`, a
+        PCollection of image ids, are inputs of this run with nothing left to do here: the
+        shards read, whose members are the inputs. Their old errors rows are replaced, never
+        carried, and they were counted where they were planned (skip_failed).
+        """
+        if not self.resuming:
+            return inputs, []
+        source = inputs if also is None else {"inputs": inputs, "also": also}
+        plan = source | label >> SkipDone(self.previous, retry_errors=self.retry_errors, key=key)
         return plan["todo"], [plan["carried"]]
+
+    def skip_failed(self, uris, *, label: str = "SkipFailedShards"):
+        """uris -> those to open: all but those with an old errors row of their own, unless --retry_errors.
+
+        For shards: one that could not be opened, or was damaged, stays as it was (its
+        rows are in the output) unless --retry_errors. Carries no rows: skip_done does.
+        """
+        if not self.previous.errors:
+            return uris
+        errors_only = Shards(errors=self.previous.errors)
+        plan = uris | label >> SkipDone(errors_only, retry_errors=self.retry_errors, carry=False)
+        return plan["todo"]
 
     def finish(self) -> None:
         """After the job: tidy the output; with --retry_errors, drop the replaced errors shards."""
@@ -117,59 +145,76 @@ def check_compatible(previous: Shards, provenance: dict[str, str], *, embeddings
 
 
 class _Plan(beam.DoFn):
-    """Per image_id: the input, if still to do (main output), or an old errors row to carry."""
+    """Per image_id: the inputs, if still to do (main output), or an old errors row to carry."""
 
     CARRIED = "carried"
 
-    def __init__(self, retry_errors: bool):
+    def __init__(self, retry_errors: bool, carry: bool = True):
         self._retry_errors = retry_errors
+        self._carry = carry
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "inputs_skipped")
         self._retried = Metrics.counter(METRICS_NAMESPACE, "errors_retried")
 
     def process(self, element):
         _, groups = element
-        uris = sorted(set(groups["input"]))
-        if list(groups["labelled"]):
-            self._skipped.inc(len(uris))
-            return
+        inputs = list(groups["input"])
+        planned = bool(list(groups.get("also", ())))
+        count = 0 if planned else len(inputs)  # an "also" id was counted where it was planned
         failed = list(groups["failed"])
-        if failed and not self._retry_errors:
-            self._skipped.inc(len(uris))
+        if list(groups["labelled"]) or (failed and not self._retry_errors):
+            self._skipped.inc(count)
             return
-        if failed and not uris:  # an earlier input not in this run's: keep its row
-            yield beam.pvalue.TaggedOutput(self.CARRIED, failed[0])
+        if failed and not inputs:
+            if self._carry and not planned:  # an earlier input not in this run's: keep its row
+                yield beam.pvalue.TaggedOutput(self.CARRIED, failed[0])
             return
         if failed:
-            self._retried.inc(len(uris))
-        yield from uris
+            self._retried.inc(count)
+        yield from inputs
+
+
+def _keyed(element, key):
+    return key(element), element
 
 
 class SkipDone(beam.PTransform):
-    """uris -> {"todo": uris not yet in the output, "carried": old errors rows to rewrite}."""
+    """inputs -> {"todo": inputs not yet in the output, "carried": old errors rows to rewrite}.
 
-    def __init__(self, previous: Shards, *, retry_errors: bool):
+    The join of this run's inputs with the old shards on image_id. An input is a uri
+    (key=image_id), or anything else whose image_id key() gives. Given a dict
+    {"inputs": ..., "also": image ids}, the ids in "also" count as this run's inputs that
+    yield nothing (see Plan.skip_done). With carry=False no old row is carried.
+    """
+
+    def __init__(self, previous: Shards, *, retry_errors: bool, key=image_id, carry: bool = True):
         super().__init__()
         self._previous = previous
         self._retry_errors = retry_errors
+        self._key = key
+        self._carry = carry
 
-    def expand(self, uris):
-        pipeline = uris.pipeline
-        keyed = uris | "KeyInputs" >> beam.Map(lambda uri: (image_id(uri), uri))
-        labelled = (
+    def expand(self, source):
+        inputs, also = (source["inputs"], source["also"]) if isinstance(source, dict) else (source, None)
+        pipeline = inputs.pipeline
+        groups = {"input": inputs | "KeyInputs" >> beam.Map(_keyed, self._key)}
+        if also is not None:
+            groups["also"] = also | "KeyAlso" >> beam.Map(lambda found: (found, True))
+        groups["labelled"] = (
             pipeline
             | "OldPredictionShards" >> beam.Create(list(self._previous.predictions))
             | "ReadOldIds" >> ReadAllFromParquet(columns=["image_id"])
             | "KeyOldIds" >> beam.Map(lambda row: (row["image_id"], True))
         )
-        failed = (
+        groups["failed"] = (
             pipeline
             | "OldErrorShards" >> beam.Create(list(self._previous.errors))
             | "ReadOldErrors" >> ReadAllFromParquet()
             | "KeyOldErrors" >> beam.Map(lambda row: (row["image_id"], row))
         )
         plans = (
-            {"input": keyed, "labelled": labelled, "failed": failed}
+            groups
             | "JoinWithOutput" >> beam.CoGroupByKey()
-            | "Plan" >> beam.ParDo(_Plan(self._retry_errors)).with_outputs(_Plan.CARRIED, main="todo")
+            | "Plan"
+            >> beam.ParDo(_Plan(self._retry_errors, self._carry)).with_outputs(_Plan.CARRIED, main="todo")
         )
         return {"todo": plans.todo, "carried": plans[_Plan.CARRIED]}

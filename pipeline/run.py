@@ -6,7 +6,6 @@ python -m pipeline.run --input 'photos/**/*.jpg' --output out/ --weights vgg16_w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import sys
@@ -19,11 +18,11 @@ from apache_beam.io.filesystems import FileSystems  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 import vgg  # noqa: E402
-from pipeline import inputs, outputs, resume  # noqa: E402
+from pipeline import inputs, outputs, resume, shards  # noqa: E402
 from pipeline.model_handler import VGG16ModelHandler, stage_weights  # noqa: E402
-from pipeline.options import ConfigError, decode_config, model_config, parse_args  # noqa: E402
+from pipeline.options import ConfigError, decode_config, input_config, model_config, parse_args  # noqa: E402
 from pipeline.summary import JobFailed, summarize  # noqa: E402
-from pipeline.transforms import LabelImages, ReadImages  # noqa: E402
+from pipeline.transforms import LabelImages  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
 
 log = logging.getLogger("pipeline.run")
@@ -34,7 +33,7 @@ USAGE_ERRORS = (ConfigError, WeightsError, inputs.InputError, outputs.OutputErro
 def check_launch(args) -> WeightsInfo:
     """Everything a user can get wrong, checked before anything is submitted or written."""
     info = describe_weights(stage_weights(args.weights), sha256=args.weights_sha256)
-    inputs.check_inputs(args.input, args.input_list)
+    shards.check_inputs(input_config(args))
     outputs.check_output_writable(args.output)
     return info
 
@@ -43,13 +42,10 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     """Adds the whole job to `pipeline` (used by run() and by tests with TestPipeline).
 
     `plan` is what resume.prepare decided (default: a fresh output). `handler`, `reader`
-    and `decode` replace the real model handler, file reader and image decoder (tests).
+    and `decode` replace the real model handler, loose-file reader and image decoder (tests).
     """
     plan = plan or resume.Plan(args.output)
-    uris = pipeline | "Inputs" >> inputs.MatchInputs(args.input, args.input_list)
-    todo, carried = plan.skip_done(uris)
-    reader = reader or functools.partial(inputs.read_bytes, max_bytes=args.max_input_bytes)
-    read = todo | "ReadImages" >> ReadImages(reader)
+    read = pipeline | "Inputs" >> shards.ReadInputs(input_config(args), reader=reader, plan=plan)
     config = decode_config(args)
     if decode is not None:
         config = dataclasses.replace(config, decode=decode)
@@ -57,7 +53,7 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     labelled = read["images"] | "Label" >> LabelImages(
         handler, config, top_k=args.top_k, embeddings=args.embeddings
     )
-    errors = (read[outputs.ERRORS], labelled[outputs.ERRORS], *carried) | "AllErrors" >> beam.Flatten()
+    errors = (read[outputs.ERRORS], labelled[outputs.ERRORS]) | "AllErrors" >> beam.Flatten()
     tables = {outputs.PREDICTIONS: labelled[outputs.PREDICTIONS], outputs.ERRORS: errors}
     tables | "Write" >> outputs.WriteOutputs(
         args.output, provenance=job_provenance(args, info), embeddings=args.embeddings, attempt=plan.attempt

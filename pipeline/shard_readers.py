@@ -384,6 +384,81 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())  # Arrow's messages span lines
 
 
+# -- the launcher's look at the fields of a shard
+
+
+def field_problem(fmt: str, handle, image_field: str | None, key_field: str | None) -> str | None:
+    """What keeps a shard's fields from fitting --image_field/--key_field, or None.
+
+    Judged by the schema (parquet: reliable, every row has the columns) or by the first
+    sample or record (webdataset, tfrecord: samples need not be alike, so only fields a
+    user named are checked there). A shard with no sample to judge by passes: its rows
+    tell what is wrong with it.
+    """
+    if fmt == "parquet":
+        return _parquet_field_problem(handle, image_field, key_field)
+    if fmt == "tfrecord":
+        names, what = _first_features(handle), "its first record has no feature"
+    else:
+        names, what = _first_suffixes(handle), "its first sample has no member with suffix"
+    if not names:
+        return None
+    for flag, field in (("--image_field", image_field), ("--key_field", key_field)):
+        if field is not None and field not in names:
+            kinds = "features" if fmt == "tfrecord" else "members"
+            return f"{what} {field!r} for {flag} ({kinds}: {', '.join(names)})"
+    return None
+
+
+def _parquet_field_problem(handle, image_field, key_field) -> str | None:
+    try:
+        schema = pq.ParquetFile(handle).schema_arrow
+    except (OSError, pa.ArrowException):
+        return None  # damaged: the job's rows say so, shard by shard
+    columns = ", ".join(schema.names)
+    for flag, field in (("--image_field", image_field), ("--key_field", key_field)):
+        if field is not None and field not in schema.names:
+            return f"no column {field!r} for {flag} (columns: {columns})"
+    if image_field is None and not any(n in schema.names for n in PARQUET_IMAGE_FIELDS):
+        return (
+            f"none of the columns {_either(PARQUET_IMAGE_FIELDS)} that hold the image by default; "
+            f"name it with --image_field (columns: {columns})"
+        )
+    name, _, problem = _image_column(schema, image_field)
+    return None if name is not None else problem
+
+
+def _first_features(handle) -> list[str] | None:
+    try:
+        record = _TFRecordUtil.read_record(handle)
+        features = _example_type().FromString(record).features.feature if record is not None else None
+    except Exception:  # a damaged first record, or not an Example: the job's rows will say so
+        return None
+    return sorted(features) if features is not None else None
+
+
+def _first_suffixes(handle, limit: int = 256) -> list[str] | None:
+    """The suffixes of the tar's first sample (looking at no more than `limit` members)."""
+    key, suffixes = None, []
+    try:
+        tar = tarfile.open(fileobj=handle, mode="r|*")
+        for _ in range(limit):
+            member = tar.next()
+            if member is None:
+                break
+            tar.members.clear()
+            name, suffix = _split_name(member.name) if member.isfile() else (None, None)
+            if name is None:
+                continue
+            if key is not None and (name != key or suffix in suffixes):
+                break
+            key = name
+            suffixes.append(suffix)
+    except tarfile.TarError:
+        pass  # damaged: judge by what was read before it, if anything
+    return suffixes or None
+
+
 # -- telling the formats apart by their first bytes
 
 

@@ -3,7 +3,7 @@
 A shard is opened through Beam's filesystems (local, gs://, s3://) and read as a stream,
 one tar member, TFRecord record or few Parquet rows at a time (pipeline.shard_readers),
 so it is never held whole. Every member becomes exactly one item: a Member (an image) or
-a Failure whose error_type is one of pipeline.io.READ_ERROR_TYPES or SHARD_ERROR_TYPES.
+a Failure whose error_type is one of pipeline.inputs.READ_ERROR_TYPES.
 
 Keys and uris. A member's uri is `SHARD_URI#KEY`, where KEY is
 - webdataset: the WebDataset key, the member's path up to the first dot of its last
@@ -15,10 +15,15 @@ A uri already given out in the shard gets `#2` appended (else `#3`, ...), so dup
 keys are all kept, told apart in shard order, and a shard always gives the same uris.
 Failures of the shard as a whole (it cannot be opened or read; it is damaged) carry the
 bare SHARD_URI, at most one per shard.
+
+ReadInputs is the job's one read step for every --input_format: loose files
+(pipeline.transforms.ReadImages) or shards (ReadShard between two reshuffles).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -30,44 +35,53 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.io import MAX_INPUT_BYTES, READ_ATTEMPTS, _classify, _first_cause, image_id
-from pipeline.schema import error_row
+from pipeline import METRICS_NAMESPACE, inputs
+from pipeline.inputs import (
+    MAX_INPUT_BYTES,
+    READ_ATTEMPTS,
+    InputError,
+    MatchInputs,
+    classify,
+    first_cause,
+    image_id,
+    read_bytes,
+)
+from pipeline.outputs import ERRORS, error_row
 from pipeline.shard_readers import (
     IMAGE_EXTENSIONS,
     PARQUET_IMAGE_FIELDS,
     TFRECORD_IMAGE_FIELDS,
     Failure,
     Member,
+    field_problem,
     is_tar,
     is_tfrecord,
     read_parquet,
     read_tfrecord,
     read_webdataset,
 )
-from pipeline.transforms import ERRORS, NAMESPACE
+from pipeline.transforms import ReadImages
 
 __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
+    "INPUT_FORMATS",
     "PARQUET_IMAGE_FIELDS",
-    "SHARD_ERROR_TYPES",
     "TFRECORD_IMAGE_FIELDS",
     "Failure",
+    "InputConfig",
     "Member",
+    "ReadInputs",
     "ReadShard",
     "check_format",
+    "check_inputs",
     "read_shard",
     "sniff",
 ]
 
+# The shard formats, and every --input_format: "files" (one image per file) first, the default.
 FORMATS = ("webdataset", "tfrecord", "parquet")
-# New error_types of the read stage (to merge into the errors vocabulary). A shard that
-# cannot be opened, and a member over max_bytes, use READ_ERROR_TYPES' names.
-SHARD_ERROR_TYPES: dict[str, str] = {
-    "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
-    "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
-    "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
-}
+INPUT_FORMATS = ("files", *FORMATS)
 
 _DESCRIPTION = {
     "webdataset": "a tar archive (WebDataset shard)",
@@ -80,9 +94,38 @@ _COMPRESSION = {
     "parquet": CompressionTypes.UNCOMPRESSED,
 }
 log = logging.getLogger(__name__)
-_retries = Metrics.counter(NAMESPACE, "read_retries")  # the counter pipeline.io's retries count in
+_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")  # the counter read_bytes' retries count in
 _READERS = {"webdataset": read_webdataset, "tfrecord": read_tfrecord, "parquet": read_parquet}
 _SNIFF_BYTES = 1 << 16
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Where the inputs are and how to read them (--input, --input_list, --input_format, ...).
+
+    Attributes:
+        patterns: file patterns; with a shard format they match shards.
+        input_list: a text file of URIs (of shards, with a shard format), one per line.
+        format: one of INPUT_FORMATS.
+        image_field, key_field: see read_shard (shard formats only).
+        max_bytes: a larger file or member is a "too_large" errors row (--max_input_bytes).
+    """
+
+    patterns: tuple[str, ...] = ()
+    input_list: str | None = None
+    format: str = INPUT_FORMATS[0]
+    image_field: str | None = None
+    key_field: str | None = None
+    max_bytes: int = MAX_INPUT_BYTES
+
+    def __post_init__(self):
+        if self.format not in INPUT_FORMATS:
+            raise ValueError(f"format must be one of {INPUT_FORMATS}. Received: format={self.format!r}")
+        if self.format == "files" and (self.image_field or self.key_field):
+            raise ValueError(
+                "image_field and key_field name parts of a shard; they need a shard format. Received: "
+                f"image_field={self.image_field!r}, key_field={self.key_field!r}, format='files'"
+            )
 
 
 def read_shard(
@@ -99,7 +142,7 @@ def read_shard(
     """Streams one shard: an item per member, in shard order; never raises for bad data.
 
     A read that fails (not damage: an I/O error, e.g. a dropped connection) is retried
-    like pipeline.io.read_bytes: `attempts` tries in all with exponential backoff, not
+    like pipeline.inputs.read_bytes: `attempts` tries in all with exponential backoff, not
     found and permission errors at once never. A retry reopens the shard and passes over
     the items already yielded (the order is fixed), so none is yielded twice.
 
@@ -123,7 +166,7 @@ def read_shard(
                     done += 1
             return
         except Exception as error:  # cloud clients raise their own types, not only OSError
-            kind = _classify(error)
+            kind = classify(error)
             if kind is None and attempt < attempts:
                 _retries.inc()
                 log.warning("read of %s failed (%s); retry %d of %d", uri, error, attempt, attempts - 1)
@@ -131,7 +174,7 @@ def read_shard(
                 continue
             tries = f" (tried {attempts} times)" if kind is None else ""
             after = f"after {done} member(s)" if done else "before any member"
-            message = f"{uri}: reading failed {after}{tries}: {_first_cause(error)}"
+            message = f"{uri}: reading failed {after}{tries}: {first_cause(error)}"
             yield Failure(uri, "read", kind or "read_error", message)
             return
 
@@ -140,7 +183,7 @@ def sniff(uri: str) -> str | None:
     """The shard format a file's first 64 KiB show (one of FORMATS), or None.
 
     Raises:
-        ValueError: the file cannot be read.
+        InputError: the file cannot be read.
     """
     return _sniff(_head(uri), uri)
 
@@ -149,7 +192,7 @@ def check_format(uri: str, fmt: str) -> None:
     """Fails unless the file looks like `fmt`: the launcher's check of a pattern's first file.
 
     Raises:
-        ValueError: naming the file, the format asked for and what the file looks like.
+        InputError: naming the file, the format asked for and what the file looks like.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
@@ -163,7 +206,7 @@ def check_format(uri: str, fmt: str) -> None:
         seen = "it is empty"
     else:
         seen = f"its first bytes ({head[:8].hex(' ')}) are none of the shard formats'"
-    raise ValueError(f"--input_format {fmt}: {uri} does not look like {_DESCRIPTION[fmt]}; {seen}.")
+    raise InputError(f"--input_format {fmt}: {uri} does not look like {_DESCRIPTION[fmt]}; {seen}.")
 
 
 def _head(uri: str) -> bytes:
@@ -171,7 +214,7 @@ def _head(uri: str) -> bytes:
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return handle.read(_SNIFF_BYTES)
     except Exception as error:  # cloud clients raise their own types, not only OSError
-        raise ValueError(f"{uri} cannot be read: {_first_cause(error)}") from error
+        raise InputError(f"{uri} cannot be read: {first_cause(error)}") from error
 
 
 def _sniff(head: bytes, uri: str) -> str | None:
@@ -216,9 +259,9 @@ class ReadShard(beam.DoFn):
         self._image_field = image_field
         self._key_field = key_field
         self._max_bytes = max_bytes
-        self._read = Metrics.counter(NAMESPACE, "images_read")
-        self._failed = Metrics.counter(NAMESPACE, "failed_read")
-        self._shards = Metrics.counter(NAMESPACE, "shards_read")
+        self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "failed_read")
+        self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_read")
 
     def process(self, shard: str):
         self._shards.inc()
@@ -238,3 +281,115 @@ class ReadShard(beam.DoFn):
             else:
                 self._read.inc()
                 yield key, item.uri, item.data
+
+
+# -- the launcher's checks
+
+
+def check_inputs(config: InputConfig) -> None:
+    """The launcher's check of the inputs: they exist (pipeline.inputs.check_inputs), and with a
+    shard format, each pattern's first file (and the list's first URI) looks like that format,
+    and the first of them has the fields --image_field and --key_field name (check_fields).
+
+    Raises:
+        InputError: naming the pattern, list or file and what is wrong with it.
+    """
+    first = inputs.check_inputs(list(config.patterns), config.input_list)
+    if config.format == "files":
+        return
+    for uri in dict.fromkeys(first):
+        check_format(uri, config.format)
+    check_fields(first[0], config)
+
+
+def check_fields(uri: str, config: InputConfig) -> None:
+    """Fails when a shard shows that the image or key field asked for is not there.
+
+    A Parquet file is judged by its schema; a tar or TFRecord file by its first sample or
+    record, and only for fields named on the command line (pipeline.shard_readers.field_problem).
+
+    Raises:
+        InputError: naming the shard, the field and what the shard has instead.
+    """
+    fmt = config.format
+    if fmt != "parquet" and not (config.image_field or config.key_field):
+        return  # nothing named, and one sample says little about the others
+    try:
+        with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
+            problem = field_problem(fmt, handle, config.image_field, config.key_field)
+    except (OSError, ValueError, zlib.error):
+        return  # check_format has read its head; a later failure is the job's errors row
+    if problem:
+        raise InputError(f"--input_format {fmt}: {uri}: {problem}.")
+
+
+# -- the job's read step, for every format
+
+
+def _item_id(item) -> str:
+    """The image_id of a ReadShard output: an image (image_id, uri, bytes) or an errors row."""
+    return item["image_id"] if isinstance(item, dict) else item[0]
+
+
+class _SplitItems(beam.DoFn):
+    def process(self, item):
+        yield beam.pvalue.TaggedOutput(ERRORS, item) if isinstance(item, dict) else item
+
+
+class ReadInputs(beam.PTransform):
+    """PBegin -> {"images": (image_id, uri, bytes), "errors": rows}; every input lands in one of them.
+
+    files: each matched file is an input, read whole (pipeline.transforms.ReadImages).
+    A shard format: each matched file is a shard. The shards are spread over the workers
+    (a reshuffle), each streamed by one ReadShard call, and their images are spread again,
+    so that one big shard is labelled by many workers.
+
+    With plan (pipeline.resume.Plan, when --output holds earlier shards), what is already
+    done is skipped where its image_ids are known: a file before it is read; a shard's
+    members after it is read (their uris come from the shard), and a shard whose own uri
+    has an old errors row (it could not be opened, or was damaged) before it is opened,
+    unless --retry_errors. The errors output then also holds the old errors rows to carry
+    into this attempt's shards.
+    """
+
+    def __init__(self, config: InputConfig, *, reader=None, plan=None):
+        super().__init__()
+        self._config = config
+        self._reader = reader or _file_reader(config.max_bytes)
+        self._plan = plan
+
+    def expand(self, pbegin):
+        uris = pbegin | "Match" >> MatchInputs(list(self._config.patterns), self._config.input_list)
+        return self._files(uris) if self._config.format == "files" else self._shards(uris)
+
+    def _files(self, uris):
+        todo, carried = self._plan.skip_done(uris) if self._plan else (uris, [])
+        read = todo | "ReadFiles" >> ReadImages(self._reader)
+        return {"images": read["images"], ERRORS: self._with(read[ERRORS], carried)}
+
+    def _shards(self, uris):
+        c = self._config
+        resuming = self._plan is not None and self._plan.resuming
+        shards = self._plan.skip_failed(uris) if resuming else uris
+        reader = ReadShard(c.format, image_field=c.image_field, key_field=c.key_field, max_bytes=c.max_bytes)
+        read = (
+            shards
+            | "SpreadShards" >> beam.Reshuffle()
+            | "ReadShards" >> beam.ParDo(reader).with_outputs(ERRORS, main="images")
+        )
+        if not resuming:
+            return {"images": read.images | "SpreadImages" >> beam.Reshuffle(), ERRORS: read[ERRORS]}
+        # Skipping is a join on image_id: it spreads the images as the reshuffle would.
+        items = (read.images, read[ERRORS]) | "Items" >> beam.Flatten()
+        also = shards | "ShardIds" >> beam.Map(image_id)
+        todo, carried = self._plan.skip_done(items, key=_item_id, also=also, label="SkipDoneMembers")
+        split = todo | "Split" >> beam.ParDo(_SplitItems()).with_outputs(ERRORS, main="images")
+        return {"images": split.images, ERRORS: self._with(split[ERRORS], carried)}
+
+    @staticmethod
+    def _with(errors, carried: list):
+        return (errors, *carried) | "ReadErrors" >> beam.Flatten() if carried else errors
+
+
+def _file_reader(max_bytes: int):
+    return functools.partial(read_bytes, max_bytes=max_bytes)

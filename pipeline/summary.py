@@ -32,7 +32,8 @@ def summarize(result, wall_s: float, max_error_fraction: float) -> str:
     failed = {stage: found.get(f"failed_{stage}", 0) for stage in STAGES}
     total = labelled + sum(failed.values())
     by_stage = ", ".join(f"{stage} {n}" for stage, n in failed.items())
-    line = f"summary: {total} inputs, {labelled} labelled, {sum(failed.values())} failed ({by_stage})"
+    shards = f" from {found['shards_read']} shard(s)" if found.get("shards_read") else ""
+    line = f"summary: {total} inputs{shards}, {labelled} labelled, {sum(failed.values())} failed ({by_stage})"
     if found.get("inputs_skipped") or found.get("errors_retried"):
         line += (
             f", {found.get('inputs_skipped', 0)} skipped as already in --output, "

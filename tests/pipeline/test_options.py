@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pipeline.options import ConfigError, config_to_argv, parse_args
+from pipeline.options import ConfigError, config_to_argv, input_config, parse_args
+from pipeline.shards import InputConfig
 from tests.conftest import REPO
 from tests.pipeline.jobs import run_job
 
@@ -72,6 +73,52 @@ def test_bad_values(extra, message):
     with pytest.raises(ConfigError) as error:
         parse_args([*BASE, *extra])
     assert message in str(error.value)
+
+
+def test_input_format_and_its_fields():
+    args, _ = parse_args(BASE)
+    assert input_config(args) == InputConfig(patterns=("a/*.jpg",), format="files", max_bytes=256 * 2**20)
+    args, _ = parse_args([*BASE, "--input_format", "parquet", "--image_field", "img", "--key_field", "id"])
+    assert input_config(args) == InputConfig(
+        patterns=("a/*.jpg",), format="parquet", image_field="img", key_field="id", max_bytes=256 * 2**20
+    )
+    # --input_list names shards with a shard format, as --input does.
+    args, _ = parse_args(["--input_list", "l.txt", *BASE[2:], "--input_format", "tfrecord"])
+    assert (input_config(args).input_list, input_config(args).format) == ("l.txt", "tfrecord")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--image_field", "jpg"],
+            "--image_field names a part of a shard; it needs a shard format (--input_format "
+            "webdataset|tfrecord|parquet). Received: --input_format files",
+        ),
+        (
+            ["--input_format", "files", "--key_field", "key"],
+            "--key_field names a part of a shard; it needs a shard format",
+        ),
+        (
+            ["--input_format", "webdataset", "--key_field", "key"],
+            "--key_field applies to tfrecord and parquet shards; a webdataset sample's key is its "
+            "member names' (docs/inputs.md). Received: --key_field key",
+        ),
+    ],
+)
+def test_shard_fields_need_a_shard_format(extra, message):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*BASE, *extra])
+    assert str(error.value).startswith(message)
+
+
+def test_unknown_input_format_is_refused(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_args([*BASE, "--input_format", "zip"])
+    assert info.value.code == 2
+    assert "argument --input_format: invalid choice: 'zip' (choose from 'files', 'webdataset', " in (
+        capsys.readouterr().err
+    )
 
 
 def test_missing_required():

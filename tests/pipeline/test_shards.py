@@ -20,10 +20,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import shards
-from pipeline.io import image_id
-from pipeline.schema import ERROR_TYPES, error_row
+from pipeline.inputs import READ_ERROR_TYPES, InputError, image_id
+from pipeline.outputs import ERROR_TYPES, error_row
 from pipeline.shards import Failure, Member, ReadShard, check_format, read_shard, sniff
-from pipeline.transforms import DecodeImage
+from pipeline.transforms import DecodeConfig, DecodeImage
 from tests.conftest import REPO
 from tests.corpus import build_corpus
 from tests.pipeline.faults import FaultyFileSystem, faulty
@@ -60,11 +60,21 @@ def no_faults():
     FaultyFileSystem.reset()
 
 
-def test_error_types_are_new_names_with_meanings():
-    # Users filter errors rows on these strings: none may reuse a name the read stage has.
-    assert sorted(shards.SHARD_ERROR_TYPES) == ["bad_record", "damaged_shard", "no_image"]
-    assert not set(shards.SHARD_ERROR_TYPES) & set(ERROR_TYPES["read"])
-    assert all(meaning and "\n" not in meaning for meaning in shards.SHARD_ERROR_TYPES.values())
+def test_shard_error_types_are_in_the_one_read_vocabulary():
+    # Users filter errors rows on these strings: the shard formats add three names to the
+    # read stage's vocabulary (pipeline.inputs, which the errors table's ERROR_TYPES holds).
+    assert list(READ_ERROR_TYPES) == [
+        "not_found",
+        "permission_denied",
+        "too_large",
+        "read_error",
+        "damaged_shard",
+        "bad_record",
+        "no_image",
+    ]
+    assert ERROR_TYPES["read"] == READ_ERROR_TYPES
+    assert READ_ERROR_TYPES["too_large"].startswith("the file or shard member is over --max_input_bytes")
+    assert all(meaning and "\n" not in meaning for meaning in READ_ERROR_TYPES.values())
 
 
 # ------------------------------------------------------------------ webdataset
@@ -682,25 +692,25 @@ def test_sniff_a_photo(sample_photos):
 def test_check_format_says_what_the_file_looks_like(one_of_each, sample_photos):
     check_format(str(one_of_each / "a.tgz"), "webdataset")  # passes
     parquet = one_of_each / "a.parquet"
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InputError) as info:  # a usage error: the launcher's one `error:` line
         check_format(str(parquet), "webdataset")
     assert str(info.value) == (
         f"--input_format webdataset: {parquet} does not look like a tar archive (WebDataset shard); "
         "it looks like a Parquet file: pass --input_format parquet."
     )
     photo = sample_photos[0]
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InputError) as info:
         check_format(str(photo), "tfrecord")
     first = photo.read_bytes()[:8].hex(" ")  # a JPEG's or PNG's signature
     assert str(info.value) == (
         f"--input_format tfrecord: {photo} does not look like a TFRecord file; "
         f"its first bytes ({first}) are none of the shard formats'."
     )
-    with pytest.raises(ValueError, match=r"does not look like a Parquet file; it is empty\.$"):
+    with pytest.raises(InputError, match=r"does not look like a Parquet file; it is empty\.$"):
         check_format(str(one_of_each / "empty"), "parquet")
-    with pytest.raises(ValueError, match=r"missing cannot be read: "):
+    with pytest.raises(InputError, match=r"missing cannot be read: "):
         check_format(str(one_of_each / "missing"), "parquet")
-    with pytest.raises(ValueError, match=r"Received: fmt='files'"):
+    with pytest.raises(ValueError, match=r"Received: fmt='files'"):  # a programming error
         check_format(str(parquet), "files")
 
 
@@ -760,7 +770,7 @@ def test_a_shard_of_good_and_bad_images_decodes_like_loose_files(tmp_path):
         read_ = (
             p | beam.Create([s]) | beam.ParDo(ReadShard("webdataset")).with_outputs("errors", main="images")
         )
-        decoded = read_.images | beam.ParDo(DecodeImage("squash", isolation="none")).with_outputs(
+        decoded = read_.images | beam.ParDo(DecodeImage(DecodeConfig(isolation="none"))).with_outputs(
             "errors", main="pixels"
         )
         assert_that(read_.errors, equal_to([]), label="no read errors")

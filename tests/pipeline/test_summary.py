@@ -51,6 +51,15 @@ def test_summary_line():
     )
 
 
+def test_summary_line_counts_the_shards_read():
+    # With a shard --input_format the inputs are the shards' members; the line says from how many shards.
+    values = {("F", "images_labelled"): 7, ("R", "failed_read"): 1, ("R", "shards_read"): 3}
+    assert summarize(FakeResult(values), 2.0, 1.0) == (
+        "summary: 8 inputs from 3 shard(s), 7 labelled, 1 failed (read 1, decode 0, inference 0); "
+        "wall 2.0 s, 3.50 images/s"
+    )
+
+
 def test_error_budget():
     values = {("F", "images_labelled"): 90, ("D", "failed_decode"): 10}
     summarize(FakeResult(values), 1.0, 0.1)  # 10% failed is not more than 0.1

@@ -1,0 +1,292 @@
+"""Benchmark: the same 640x480 photos as loose files and as tar shards: wall, images/s, files opened.
+
+    python -m benchmarks.shards --out output/bench-shards              # the full run
+    python -m benchmarks.shards --out /tmp/bs --images 8 --per_shard 4 --rounds 1 --read_only
+
+Makes --images JPEGs (quality 90, crops of the bundled photos, the main benchmark's
+recipe), packs them into tar shards of --per_shard images (WebDataset layout, written
+with tarfile), and measures, for each layout in alternating rounds, each in a fresh
+process on the DirectRunner:
+
+- read: the job's read step alone (pipeline.shards.ReadInputs, then a count), which is
+  where loose files and shards differ;
+- job: `python -m pipeline.run --embeddings` end to end (synthesized, UNTRAINED weights
+  unless --weights: speed does not depend on their values); its wall and images/s are
+  those of the summary line, the pipeline without the process's start-up.
+
+Files opened are the calls of Beam's FileSystems.open on the inputs (the launcher's look
+at a shard included), counted by a wrapper in the measured process. Writes
+bench-shards.json into --out and prints a table. The fastest round of each is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (640, 480)
+_SUMMARY = re.compile(r"^summary: (\d+) inputs.*; wall ([\d.]+) s, ([\d.]+) images/s", re.MULTILINE)
+
+
+def make_photos(folder: str, count: int, size: tuple[int, int] = SIZE) -> list[str]:
+    """JPEGs (quality 90) made from the bundled photos: resized, shifted crops, so each differs."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    samples = os.path.join(REPO, "samples")
+    sources = sorted(os.path.join(samples, n) for n in os.listdir(samples) if n.endswith((".jpg", ".png")))
+    paths = []
+    for i in range(count):
+        path = os.path.join(folder, f"img{i:05d}.jpg")
+        if not os.path.exists(path):
+            with Image.open(sources[i % len(sources)]) as source:
+                rgb = source.convert("RGB")
+            scale = max(size[0] / rgb.width, size[1] / rgb.height) * (1.0 + 0.01 * (i % 7))
+            big = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.BICUBIC)
+            left, top = (big.width - size[0]) // 2, (big.height - size[1]) // 2
+            big.crop((left, top, left + size[0], top + size[1])).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def pack(paths: list[str], folder: str, per_shard: int) -> list[str]:
+    """The photos as tar shards of per_shard members each (img00000.jpg: key img00000)."""
+    os.makedirs(folder, exist_ok=True)
+    shards = []
+    for start in range(0, len(paths), per_shard):
+        shard = os.path.join(folder, f"photos-{start // per_shard:05d}.tar")
+        with tarfile.open(shard, "w") as tar:
+            for path in paths[start : start + per_shard]:
+                tar.add(path, arcname=os.path.basename(path))
+        shards.append(shard)
+    return shards
+
+
+def machine() -> dict:
+    """This machine and the versions that matter, without importing TensorFlow here."""
+    from importlib.metadata import version
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "apache_beam": version("apache-beam"),
+        "tensorflow": version("tensorflow"),
+    }
+
+
+# ------------------------------------------------------------------- in the measured process
+
+
+def _count_opens(under: str) -> collections.Counter:
+    """Counts every FileSystems.open of a path under `under` from now on, in this process."""
+    from apache_beam.io.filesystems import FileSystems
+
+    opens: collections.Counter = collections.Counter()
+    real_open = FileSystems.open
+
+    def counting_open(path, *args, **kwargs):
+        if path.startswith(under):
+            opens[path] += 1
+        return real_open(path, *args, **kwargs)
+
+    FileSystems.open = staticmethod(counting_open)
+    return opens
+
+
+def _read_step(argv: list[str]) -> dict:
+    """The job's read step alone over argv's inputs (the launcher's checks included)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import shards
+    from pipeline.options import input_config, parse_args
+    from pipeline.summary import counters
+
+    args, beam_args = parse_args([*argv, "--weights", "unused"])  # the launcher wants weights; unread here
+    config = input_config(args)
+    start = time.perf_counter()
+    shards.check_inputs(config)
+    pipeline = beam.Pipeline(options=PipelineOptions(beam_args))
+    read = pipeline | "Inputs" >> shards.ReadInputs(config)
+    _ = read["images"] | "Count" >> beam.combiners.Count.Globally()
+    result = pipeline.run()
+    result.wait_until_finish()
+    wall = time.perf_counter() - start
+    found = counters(result)
+    images = found.get("images_read", 0)
+    return {
+        "images": images,
+        "failed": found.get("failed_read", 0),
+        "wall_s": wall,
+        "images_per_s": images / wall,
+    }
+
+
+def _job(argv: list[str]) -> dict:
+    """`python -m pipeline.run` in this process: the figures of its summary line."""
+    import contextlib
+    import io
+
+    from pipeline import run
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run.main(argv)
+    match = _SUMMARY.search(out.getvalue())
+    if code != 0 or match is None:
+        raise RuntimeError(f"pipeline.run exited {code}: {out.getvalue()[-2000:]}")
+    return {
+        "images": int(match.group(1)),
+        "wall_s": float(match.group(2)),
+        "images_per_s": float(match.group(3)),
+    }
+
+
+def measured(step: str, under: str, argv: list[str]) -> dict:
+    """step ("read" or "job") over argv, with the inputs' opens counted: what one child process reports."""
+    opens = _count_opens(under)
+    figures = _read_step(argv) if step == "read" else _job(argv)
+    return {**figures, "files_opened": sum(opens.values()), "distinct_files_opened": len(opens)}
+
+
+# ------------------------------------------------------------------- the benchmark
+
+
+def child(step: str, under: str, argv: list[str]) -> dict:
+    """measured() in a fresh process (its own imports, model and memory): its figures."""
+    command = [sys.executable, "-m", "benchmarks.shards", "--child", step, under, "--", *argv]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def layouts(work: str, images: int, per_shard: int) -> dict[str, dict]:
+    """Each layout: the flags that read it, how many files it is, and what to count opens under."""
+    photos = make_photos(os.path.join(work, "loose"), images)
+    shards = pack(photos, os.path.join(work, "shards"), per_shard)
+    return {
+        "loose files": {
+            "flags": ["--input", os.path.join(work, "loose", "*.jpg")],
+            "files": len(photos),
+            "under": os.path.join(work, "loose"),
+        },
+        f"tar shards ({per_shard} per shard)": {
+            "flags": ["--input_format", "webdataset", "--input", os.path.join(work, "shards", "*.tar")],
+            "files": len(shards),
+            "under": os.path.join(work, "shards"),
+        },
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    out = os.path.abspath(args.out)
+    work = os.path.join(out, "inputs")
+    weights = args.weights
+    if weights is None and not args.read_only:
+        from vgg.weights import write_synth
+
+        weights = os.path.join(out, "vgg16_untrained_seed0.npz")
+        if not os.path.exists(weights):
+            write_synth(weights, fmt="npz", seed=0)
+    found = layouts(work, args.images, args.per_shard)
+    runs: dict[str, dict[str, list]] = {name: {"read": [], "job": []} for name in found}
+    for round_ in range(args.rounds):
+        for name, layout in found.items():  # alternating, so a slow spell hits both layouts
+            output = os.path.join(out, "job", f"r{round_}-{len(runs[name]['read'])}")
+            runs[name]["read"].append(child("read", layout["under"], [*layout["flags"], "--output", output]))
+            if not args.read_only:
+                flags = [*layout["flags"], "--output", output, "--weights", weights, "--embeddings"]
+                runs[name]["job"].append(child("job", layout["under"], flags))
+    results = {
+        "command": " ".join(["python -m benchmarks.shards", *sys.argv[1:]]),
+        "machine": machine(),
+        "images": args.images,
+        "size": f"{SIZE[0]}x{SIZE[1]}",
+        "rounds": args.rounds,
+        "layouts": {
+            name: {
+                "files": found[name]["files"],
+                **{
+                    step: min(found_runs, key=lambda r: r["wall_s"])
+                    for step, found_runs in steps.items()
+                    if found_runs
+                },
+                "rounds": steps,
+            }
+            for name, steps in runs.items()
+        },
+    }
+    with open(os.path.join(out, "bench-shards.json"), "w") as handle:
+        json.dump(results, handle, indent=2)
+    return results
+
+
+def table(results: dict) -> str:
+    header = f"{'layout':<28} {'files':>6} {'opened':>7}  {'read: wall s':>12} {'images/s':>9}"
+    if any("job" in layout for layout in results["layouts"].values()):
+        header += f"  {'job: wall s':>11} {'images/s':>9}"
+    lines = [header]
+    for name, layout in results["layouts"].items():
+        read, job = layout["read"], layout.get("job")
+        line = (
+            f"{name:<28} {layout['files']:>6} {read['files_opened']:>7}  {read['wall_s']:>12.2f} "
+            f"{read['images_per_s']:>9.1f}"
+        )
+        if job:
+            line += f"  {job['wall_s']:>11.1f} {job['images_per_s']:>9.2f}"
+        lines.append(line)
+    m = results["machine"]
+    lines.append(
+        f"{results['images']} photos of {results['size']}; best of {results['rounds']} round(s); "
+        f"{m['cpu']}, {m['cores']} cores; 'opened': FileSystems.open calls on the inputs in the "
+        "read step, the launcher's included"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # --child STEP UNDER -- JOB_ARGS...: one measured process
+        step, under, rest = argv[1], argv[2], argv[4:]
+        print(json.dumps(measured(step, under, rest)), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the inputs, outputs and bench-shards.json")
+    parser.add_argument("--images", type=int, default=256, help="photos, 640x480 JPEGs")
+    parser.add_argument("--per_shard", type=int, default=64, help="photos per tar shard")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of every measurement; the best is kept")
+    parser.add_argument("--weights", default=None, help="weights for the job (default: synthesized, seed 0)")
+    parser.add_argument("--read_only", action="store_true", help="measure the read step only, not the job")
+    args = parser.parse_args(argv)
+    if args.images < 1 or args.per_shard < 1 or args.rounds < 1:
+        parser.error("--images, --per_shard and --rounds must be at least 1")
+    results = run_benchmark(args)
+    print(table(results))
+    print(f"wrote {os.path.join(args.out, 'bench-shards.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip the interpreter's teardown of TensorFlow in a measured process

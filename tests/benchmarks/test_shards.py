@@ -1,0 +1,40 @@
+"""benchmarks.shards on a tiny input: it runs, reads every photo both ways, and counts the files opened."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+
+from tests.conftest import REPO
+
+
+def test_read_step_of_loose_files_and_shards(tmp_path):
+    out = tmp_path / "bench"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.shards", "--out", str(out), "--images", "5", "--per_shard", "2"]
+        + ["--rounds", "1", "--read_only"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "bench-shards.json").read_text())
+    loose, shards = results["layouts"]["loose files"], results["layouts"]["tar shards (2 per shard)"]
+    # 5 photos in shards of 2: 2 + 2 + 1, so 3 shards, the last one short.
+    with tarfile.open(out / "inputs" / "shards" / "photos-00002.tar") as tar:
+        assert tar.getnames() == ["img00004.jpg"]
+    assert (loose["files"], shards["files"]) == (5, 3)
+    assert loose["read"]["images"] == shards["read"]["images"] == 5
+    assert loose["read"]["failed"] == shards["read"]["failed"] == 0
+    # A loose file is opened once, by the reader. A shard is opened once by the reader, and
+    # the first one once more by the launcher, which checks that it is a tar.
+    assert (loose["read"]["files_opened"], loose["read"]["distinct_files_opened"]) == (5, 5)
+    assert (shards["read"]["files_opened"], shards["read"]["distinct_files_opened"]) == (4, 3)
+    assert "job" not in loose and "job" not in shards  # --read_only
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["layout", "files", "opened", "read:", "wall", "s", "images/s"]
+    assert lines[1].startswith("loose files") and lines[1].split()[2:4] == ["5", "5"]
+    assert lines[2].startswith("tar shards (2 per shard)") and lines[2].split()[5:7] == ["3", "4"]
