@@ -342,7 +342,8 @@ class ReadInputs(beam.PTransform):
     files: each matched file is an input, read whole (pipeline.transforms.ReadImages).
     A shard format: each matched file is a shard. The shards are spread over the workers
     (a reshuffle), each streamed by one ReadShard call, and their images are spread again,
-    so that one big shard is labelled by many workers.
+    so that one big shard is labelled by many workers (not on the DirectRunner, whose
+    in-memory shuffle would hold every image read).
 
     With plan (pipeline.resume.Plan, when --output holds earlier shards), what is already
     done is skipped where its image_ids are known: a file before it is read; a shard's
@@ -378,7 +379,10 @@ class ReadInputs(beam.PTransform):
             | "ReadShards" >> beam.ParDo(reader).with_outputs(ERRORS, main="images")
         )
         if not resuming:
-            return {"images": read.images | "SpreadImages" >> beam.Reshuffle(), ERRORS: read[ERRORS]}
+            images = read.images
+            if not _runs_in_one_process(uris.pipeline):
+                images = images | "SpreadImages" >> beam.Reshuffle()
+            return {"images": images, ERRORS: read[ERRORS]}
         # Skipping is a join on image_id: it spreads the images as the reshuffle would.
         items = (read.images, read[ERRORS]) | "Items" >> beam.Flatten()
         also = shards | "ShardIds" >> beam.Map(image_id)
@@ -389,6 +393,16 @@ class ReadInputs(beam.PTransform):
     @staticmethod
     def _with(errors, carried: list):
         return (errors, *carried) | "ReadErrors" >> beam.Flatten() if carried else errors
+
+
+def _runs_in_one_process(pipeline) -> bool:
+    """Whether the runner is Beam's local DirectRunner.
+
+    Spreading a shard's images pays off across workers; on the DirectRunner it would only
+    hold every image read in memory (its shuffle is in memory), so there the images go
+    straight from the shard reader to the decoder, one bundle at a time.
+    """
+    return "DirectRunner" in type(pipeline.runner).__name__
 
 
 def _file_reader(max_bytes: int):

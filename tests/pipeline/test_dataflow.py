@@ -141,10 +141,11 @@ def test_every_step_of_the_job_is_in_the_staged_pipeline(built):
         return [transforms[i].unique_name.rsplit("/", 1)[-1] for i in transform.subtransforms]
 
     # The steps pipeline.run builds, in the order it builds them (ARCHITECTURE.md's flow).
-    assert children(transforms[root]) == [
-        "Patterns", "Match", "Paths", "AllInputs", "Dedupe", "Label", "WritePredictions", "WriteErrors",
-    ]  # fmt: skip
-    assert children(by_name["Label"]) == ["Read", "Decode", "Infer", "Format", "InferenceErrors", "AllErrors"]
+    assert children(transforms[root]) == ["Inputs", "Label", "AllErrors", "Write"]
+    assert children(by_name["Inputs"]) == ["Match", "ReadFiles"]
+    assert children(by_name["Inputs/Match"]) == ["Patterns", "Match", "Paths", "AllInputs", "Dedupe"]
+    assert children(by_name["Label"]) == ["Decode", "Infer", "Format", "InferenceErrors", "AllErrors"]
+    assert children(by_name["Write"]) == ["WritePredictions", "WriteErrors"]
     # Runner v2 reads the steps from the staged proto (the v1 step list stays empty), and
     # the request points at exactly that upload.
     assert request.get("steps", []) == []

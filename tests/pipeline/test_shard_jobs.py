@@ -415,3 +415,34 @@ def test_parquet_without_a_default_image_column_is_one_error_line(npz_path, tmp_
         f"error: --input_format parquet: {shard}: none of the columns 'jpg' or 'image' or 'image_bytes' "
         "that hold the image by default; name it with --image_field (columns: key, caption).\n",
     )
+
+
+@pytest.mark.parametrize(("runner", "spread"), [("DirectRunner", False), ("PortableRunner", True)])
+def test_images_are_spread_over_workers_except_on_the_direct_runner(
+    runner, spread, photo_dir, npz_path, tmp_path
+):
+    # Across workers a big shard's images are reshuffled so that many workers label them;
+    # the DirectRunner's shuffle is in memory, so there they stream from reader to decoder.
+    # Building the graph needs no job service: nothing runs.
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import parse_args
+
+    shard = pack(sorted(photo_dir.glob("*.jpg")), "webdataset", tmp_path / "in")
+    args, beam_args = parse_args(
+        [
+            "--input",
+            shard,
+            "--input_format",
+            "webdataset",
+            "--output",
+            str(tmp_path / "out"),
+            "--weights",
+            npz_path,
+        ]
+    )
+    pipeline = beam.Pipeline(runner=runner, options=PipelineOptions(beam_args))
+    run.build_pipeline(pipeline, args, run.check_launch(args))
+    names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+    assert ("Inputs/SpreadShards" in names, "Inputs/SpreadImages" in names) == (True, spread)
