@@ -1,9 +1,9 @@
 """Every committed results file, regenerated in one command, one benchmark after another.
 
-    python -m benchmarks.all                       # about 40 minutes on an idle 2-core machine
+    python -m benchmarks.all                       # about 45 minutes on an idle 2-core machine
     python -m benchmarks.all --only decode,pca     # some of them
 
-Writes benchmarks/results/{decode,bench,index_recall,pca,near_duplicates}.{json,txt} and
+Writes benchmarks/results/{decode,bench,index_recall,pca,near_duplicates,shards}.{json,txt} and
 throughput_vs_batch.png, each written by its own benchmark, untouched. Run it on a
 machine that is otherwise idle: the figures are rates. The GPU run is its own command
 (`python -m benchmarks.gpu`), on a GPU machine.
@@ -27,8 +27,9 @@ STEPS = {
     "index_recall": (["benchmarks.index_recall", "--suite"], 11),
     "pca": (["benchmarks.pca"], 4),
     "near_duplicates": (["benchmarks.near_duplicates", "--weights", "{out}/" + WEIGHTS], 1),
+    "shards": (["benchmarks.shards", "--weights", "{out}/" + WEIGHTS], 6),
 }
-TAKES_OUT = ("decode", "bench")  # the steps with a scratch folder
+TAKES_OUT = ("decode", "bench", "shards")  # the steps with a scratch folder
 
 
 def argv_for(name: str, out: str, results_dir: str) -> list[str]:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    if "near_duplicates" in steps and not os.path.exists(os.path.join(args.out, WEIGHTS)):
+    if {"near_duplicates", "shards"} & set(steps) and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "vgg.weights", "synth", "--format", "npz", "--seed", "0", "--out",

@@ -1,7 +1,7 @@
 """Benchmark: the same 640x480 photos as loose files and as tar shards: wall, images/s, files opened.
 
-    python -m benchmarks.shards --out output/bench-shards              # the full run
-    python -m benchmarks.shards --out /tmp/bs --images 8 --per_shard 4 --rounds 1 --read_only
+    python -m benchmarks.shards                                        # the full run
+    python -m benchmarks.shards --results /tmp/r --images 8 --per_shard 4 --rounds 1 --read_only
 
 Makes --images JPEGs (quality 90, crops of the bundled photos, the main benchmark's
 recipe), packs them into tar shards of --per_shard images (WebDataset layout, written
@@ -15,8 +15,8 @@ process on the DirectRunner:
   those of the summary line, the pipeline without the process's start-up.
 
 Files opened are the calls of Beam's FileSystems.open on the inputs (the launcher's look
-at a shard included), counted by a wrapper in the measured process. Writes
-bench-shards.json into --out and prints a table. The fastest round of each is reported.
+at a shard included), counted by a wrapper in the measured process. Writes shards.json
+and shards.txt (the printed table) into --results. The fastest round of each is reported.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import collections
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -34,30 +33,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import results  # noqa: E402
+from benchmarks.images import make_images  # noqa: E402
+
 SIZE = (640, 480)
 _SUMMARY = re.compile(r"^summary: (\d+) inputs.*; wall ([\d.]+) s, ([\d.]+) images/s", re.MULTILINE)
-
-
-def make_photos(folder: str, count: int, size: tuple[int, int] = SIZE) -> list[str]:
-    """JPEGs (quality 90) made from the bundled photos: resized, shifted crops, so each differs."""
-    from PIL import Image
-
-    os.makedirs(folder, exist_ok=True)
-    samples = os.path.join(REPO, "samples")
-    sources = sorted(os.path.join(samples, n) for n in os.listdir(samples) if n.endswith((".jpg", ".png")))
-    paths = []
-    for i in range(count):
-        path = os.path.join(folder, f"img{i:05d}.jpg")
-        if not os.path.exists(path):
-            with Image.open(sources[i % len(sources)]) as source:
-                rgb = source.convert("RGB")
-            scale = max(size[0] / rgb.width, size[1] / rgb.height) * (1.0 + 0.01 * (i % 7))
-            big = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)), Image.BICUBIC)
-            left, top = (big.width - size[0]) // 2, (big.height - size[1]) // 2
-            big.crop((left, top, left + size[0], top + size[1])).save(path, "JPEG", quality=90)
-        paths.append(path)
-    return paths
 
 
 def pack(paths: list[str], folder: str, per_shard: int) -> list[str]:
@@ -71,25 +51,6 @@ def pack(paths: list[str], folder: str, per_shard: int) -> list[str]:
                 tar.add(path, arcname=os.path.basename(path))
         shards.append(shard)
     return shards
-
-
-def machine() -> dict:
-    """This machine and the versions that matter, without importing TensorFlow here."""
-    from importlib.metadata import version
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "apache_beam": version("apache-beam"),
-        "tensorflow": version("tensorflow"),
-    }
 
 
 # ------------------------------------------------------------------- in the measured process
@@ -173,7 +134,7 @@ def measured(step: str, under: str, argv: list[str]) -> dict:
 def child(step: str, under: str, argv: list[str]) -> dict:
     """measured() in a fresh process (its own imports, model and memory): its figures."""
     command = [sys.executable, "-m", "benchmarks.shards", "--child", step, under, "--", *argv]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(command, cwd=results.REPO, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -181,7 +142,7 @@ def child(step: str, under: str, argv: list[str]) -> dict:
 
 def layouts(work: str, images: int, per_shard: int) -> dict[str, dict]:
     """Each layout: the flags that read it, how many files it is, and what to count opens under."""
-    photos = make_photos(os.path.join(work, "loose"), images)
+    photos = make_images(os.path.join(work, "loose"), SIZE, images)
     shards = pack(photos, os.path.join(work, "shards"), per_shard)
     return {
         "loose files": {
@@ -197,7 +158,7 @@ def layouts(work: str, images: int, per_shard: int) -> dict[str, dict]:
     }
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
+def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> dict:
     out = os.path.abspath(args.out)
     work = os.path.join(out, "inputs")
     weights = args.weights
@@ -216,9 +177,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             if not args.read_only:
                 flags = [*layout["flags"], "--output", output, "--weights", weights, "--embeddings"]
                 runs[name]["job"].append(child("job", layout["under"], flags))
-    results = {
-        "command": " ".join(["python -m benchmarks.shards", *sys.argv[1:]]),
-        "machine": machine(),
+    return {
+        **results.stamp("shards", "benchmarks.shards", argv),
         "images": args.images,
         "size": f"{SIZE[0]}x{SIZE[1]}",
         "rounds": args.rounds,
@@ -235,17 +195,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             for name, steps in runs.items()
         },
     }
-    with open(os.path.join(out, "bench-shards.json"), "w") as handle:
-        json.dump(results, handle, indent=2)
-    return results
 
 
-def table(results: dict) -> str:
+def table(found: dict) -> str:
     header = f"{'layout':<28} {'files':>6} {'opened':>7}  {'read: wall s':>12} {'images/s':>9}"
-    if any("job" in layout for layout in results["layouts"].values()):
+    if any("job" in layout for layout in found["layouts"].values()):
         header += f"  {'job: wall s':>11} {'images/s':>9}"
-    lines = [header]
-    for name, layout in results["layouts"].items():
+    lines = [results.machine_line(found["machine"]), header]
+    for name, layout in found["layouts"].items():
         read, job = layout["read"], layout.get("job")
         line = (
             f"{name:<28} {layout['files']:>6} {read['files_opened']:>7}  {read['wall_s']:>12.2f} "
@@ -254,11 +211,9 @@ def table(results: dict) -> str:
         if job:
             line += f"  {job['wall_s']:>11.1f} {job['images_per_s']:>9.2f}"
         lines.append(line)
-    m = results["machine"]
     lines.append(
-        f"{results['images']} photos of {results['size']}; best of {results['rounds']} round(s); "
-        f"{m['cpu']}, {m['cores']} cores; 'opened': FileSystems.open calls on the inputs in the "
-        "read step, the launcher's included"
+        f"{found['images']} photos of {found['size']}; best of {found['rounds']} round(s); 'opened': "
+        "FileSystems.open calls on the inputs in the read step, the launcher's included"
     )
     return "\n".join(lines)
 
@@ -270,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measured(step, under, rest)), flush=True)
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.shards", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="folder for the inputs, outputs and bench-shards.json")
+    parser.add_argument("--out", default="output/bench-shards", help="scratch: photos, shards, outputs")
+    parser.add_argument("--results", default=results.RESULTS, help="where shards.json and shards.txt go")
     parser.add_argument("--images", type=int, default=256, help="photos, 640x480 JPEGs")
     parser.add_argument("--per_shard", type=int, default=64, help="photos per tar shard")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of every measurement; the best is kept")
@@ -279,9 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1 or args.per_shard < 1 or args.rounds < 1:
         parser.error("--images, --per_shard and --rounds must be at least 1")
-    results = run_benchmark(args)
-    print(table(results))
-    print(f"wrote {os.path.join(args.out, 'bench-shards.json')}")
+    found = run_benchmark(args, argv)
+    text = table(found)
+    print(text)
+    print("wrote " + ", ".join(map(results.relative, results.write(found, text, args.results, "shards"))))
     return 0
 
 

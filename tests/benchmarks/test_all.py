@@ -17,11 +17,16 @@ def test_all_runs_each_step_with_relative_paths():
     assert run_all.argv_for("bench", "output/bench", results.RESULTS)[-4:] == [
         "--results", "benchmarks/results", "--out", "output/bench",
     ]  # fmt: skip
+    # The shards benchmark labels with the same synthesized weights, in its own scratch folder.
+    assert run_all.argv_for("shards", "output/bench", results.RESULTS)[1:] == [
+        "-m", "benchmarks.shards", "--weights", "output/bench/vgg16_untrained.npz",
+        "--results", "benchmarks/results", "--out", "output/bench",
+    ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.all", "--only", "decode,nope"], capture_output=True, text=True
     )
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         "python -m benchmarks.all: error: unknown step 'nope'; the steps are decode, bench, index_recall, "
-        "pca, near_duplicates"
+        "pca, near_duplicates, shards"
     )

@@ -11,17 +11,18 @@ from tests.conftest import REPO
 
 
 def test_read_step_of_loose_files_and_shards(tmp_path):
-    out = tmp_path / "bench"
+    out, written = tmp_path / "bench", tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.shards", "--out", str(out), "--images", "5", "--per_shard", "2"]
-        + ["--rounds", "1", "--read_only"],
+        [sys.executable, "-m", "benchmarks.shards", "--out", str(out), "--results", str(written)]
+        + ["--images", "5", "--per_shard", "2", "--rounds", "1", "--read_only"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((out / "bench-shards.json").read_text())
+    results = json.loads((written / "shards.json").read_text())
+    assert results["benchmark"] == "shards" and results["command"].startswith("python -m benchmarks.shards")
     loose, shards = results["layouts"]["loose files"], results["layouts"]["tar shards (2 per shard)"]
     # 5 photos in shards of 2: 2 + 2 + 1, so 3 shards, the last one short.
     with tarfile.open(out / "inputs" / "shards" / "photos-00002.tar") as tar:
@@ -34,7 +35,8 @@ def test_read_step_of_loose_files_and_shards(tmp_path):
     assert (loose["read"]["files_opened"], loose["read"]["distinct_files_opened"]) == (5, 5)
     assert (shards["read"]["files_opened"], shards["read"]["distinct_files_opened"]) == (4, 3)
     assert "job" not in loose and "job" not in shards  # --read_only
-    lines = done.stdout.splitlines()
+    lines = done.stdout.splitlines()[1:]  # after the machine line
+    assert (written / "shards.txt").read_text().splitlines()[1:4] == lines[:3]
     assert lines[0].split() == ["layout", "files", "opened", "read:", "wall", "s", "images/s"]
     assert lines[1].startswith("loose files") and lines[1].split()[2:4] == ["5", "5"]
     assert lines[2].startswith("tar shards (2 per shard)") and lines[2].split()[5:7] == ["3", "4"]
