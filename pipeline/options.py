@@ -352,3 +352,16 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--decode_timeout_s must be >= 0 (0: no limit). Received: {args.decode_timeout_s}")
     if args.max_input_bytes < 1:
         raise ConfigError(f"--max_input_bytes must be positive. Received: {args.max_input_bytes}")
+
+
+def pipeline_options(
+    args: argparse.Namespace, beam_args: Sequence[str], *, save_main_session: bool = False
+) -> PipelineOptions:
+    """Beam's options for the run: Beam's flags, plus the job's own values.
+
+    The job's values ride along (VGGOptions is one of Beam's option classes) so that what a
+    runner shows of the job, e.g. Dataflow's pipeline options panel, is what it runs with,
+    not the defaults.
+    """
+    values = {key: value for key, value in vars(args).items() if value is not None}
+    return PipelineOptions(list(beam_args), save_main_session=save_main_session, **values)

@@ -15,12 +15,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
-from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 import vgg  # noqa: E402
 from pipeline import inputs, outputs, resume, shards  # noqa: E402
 from pipeline.model_handler import VGG16ModelHandler, stage_weights  # noqa: E402
-from pipeline.options import ConfigError, decode_config, input_config, model_config, parse_args  # noqa: E402
+from pipeline.options import (  # noqa: E402
+    ConfigError,
+    decode_config,
+    input_config,
+    model_config,
+    parse_args,
+    pipeline_options,
+)
 from pipeline.summary import JobFailed, summarize  # noqa: E402
 from pipeline.transforms import LabelImages  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
@@ -77,7 +83,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     handler, reader and decode replace the real model handler, reader and decoder (tests).
     """
     args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    options = PipelineOptions(beam_args, save_main_session=save_main_session)
+    options = pipeline_options(args, beam_args, save_main_session=save_main_session)
     # The launcher's own checks (input listing, output probe, --resume) go through the
     # same filesystems as the job, so they need its options (e.g. --s3_endpoint_url) too.
     FileSystems.set_options(options)

@@ -16,12 +16,11 @@ import shutil
 import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 import vgg
-from pipeline.options import load_config, parse_args
+from pipeline.options import load_config, parse_args, pipeline_options
 from pipeline.run import build_pipeline, check_launch
 from tests.conftest import REPO, SAMPLES
 
@@ -62,7 +61,7 @@ def built(npz_path, tmp_path_factory):
     ]  # fmt: skip
     # The same steps as pipeline.run.run(), up to the runner.
     args, beam_args = parse_args(argv)
-    options = PipelineOptions(beam_args, save_main_session=False)
+    options = pipeline_options(args, beam_args)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, args, check_launch(args))
     job = pipeline.run().job
@@ -161,3 +160,13 @@ def test_every_step_of_the_job_is_in_the_staged_pipeline(built):
     ]
     assert (options["project"], options["region"]) == ("my-project", "us-central1")
     assert options["temp_location"].startswith("gs://my-bucket/tmp/")
+
+
+def test_the_request_shows_the_job_s_own_options_as_configured(built):
+    # Dataflow's pipeline options panel reads sdkPipelineOptions: the job's own values from
+    # the config (not their defaults) travel with Beam's.
+    request, _, _ = built
+    options = request["environment"]["sdkPipelineOptions"]["options"]
+    assert (options["share_model"], options["precision"], options["batch_size"]) == (True, "float16", 64)
+    assert (options["min_batch_size"], options["embeddings"], options["max_error_fraction"]) == (8, True, 0.01)
+    assert options["input_format"] == "files" and options["weights"].endswith("vgg16_untrained.npz")
