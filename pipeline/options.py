@@ -10,12 +10,15 @@ from collections.abc import Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+import vgg
+from pipeline import outputs
 from pipeline.inputs import MAX_INPUT_BYTES
 from pipeline.model_handler import ModelConfig
 from pipeline.shards import FORMATS, INPUT_FORMATS, InputConfig
 from pipeline.transforms import DECODE_TIMEOUT_S, ISOLATION_MODES, DecodeConfig
 from vgg.architecture import PRECISIONS
 from vgg.preprocess import RESIZE_MODES
+from vgg.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +290,18 @@ def model_config(args: argparse.Namespace, *, sha256: str | None) -> ModelConfig
         min_batch_size=args.min_batch_size,
         max_batch_size=args.batch_size,
         share_model=args.share_model,
+    )
+
+
+def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
+    """The run's provenance for the output tables' footers (pipeline.outputs.provenance)."""
+    return outputs.provenance(
+        weights=args.weights,
+        info=info,
+        resize=args.resize,
+        precision=args.precision,
+        top_k=args.top_k,
+        version=vgg.__version__,
     )
 
 

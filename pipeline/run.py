@@ -16,30 +16,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-import vgg  # noqa: E402
-from pipeline import inputs, outputs, resume, shards  # noqa: E402
+from pipeline import inputs, options, outputs, resume, shards  # noqa: E402
 from pipeline.model_handler import VGG16ModelHandler, stage_weights  # noqa: E402
-from pipeline.options import (  # noqa: E402
-    ConfigError,
-    decode_config,
-    input_config,
-    model_config,
-    parse_args,
-    pipeline_options,
-)
 from pipeline.summary import JobFailed, summarize  # noqa: E402
 from pipeline.transforms import LabelImages  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
 
 log = logging.getLogger("pipeline.run")
 # A user's mistake, found on the launcher: one `error:` line and exit status 2.
-USAGE_ERRORS = (ConfigError, WeightsError, inputs.InputError, outputs.OutputError)
+USAGE_ERRORS = (options.ConfigError, WeightsError, inputs.InputError, outputs.OutputError)
 
 
 def check_launch(args) -> WeightsInfo:
     """Everything a user can get wrong, checked before anything is submitted or written."""
     info = describe_weights(stage_weights(args.weights), sha256=args.weights_sha256)
-    shards.check_inputs(input_config(args))
+    shards.check_inputs(options.input_config(args))
     outputs.check_output_writable(args.output)
     return info
 
@@ -51,29 +42,19 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     and `decode` replace the real model handler, loose-file reader and image decoder (tests).
     """
     plan = plan or resume.Plan(args.output)
-    read = pipeline | "Inputs" >> shards.ReadInputs(input_config(args), reader=reader, plan=plan)
-    config = decode_config(args)
+    read = pipeline | "Inputs" >> shards.ReadInputs(options.input_config(args), reader=reader, plan=plan)
+    config = options.decode_config(args)
     if decode is not None:
         config = dataclasses.replace(config, decode=decode)
-    handler = handler or VGG16ModelHandler(model_config(args, sha256=info.sha256))
+    handler = handler or VGG16ModelHandler(options.model_config(args, sha256=info.sha256))
     labelled = read["images"] | "Label" >> LabelImages(
         handler, config, top_k=args.top_k, embeddings=args.embeddings
     )
     errors = (read[outputs.ERRORS], labelled[outputs.ERRORS]) | "AllErrors" >> beam.Flatten()
     tables = {outputs.PREDICTIONS: labelled[outputs.PREDICTIONS], outputs.ERRORS: errors}
+    provenance = options.provenance(args, info)
     tables | "Write" >> outputs.WriteOutputs(
-        args.output, provenance=job_provenance(args, info), embeddings=args.embeddings, attempt=plan.attempt
-    )
-
-
-def job_provenance(args, info: WeightsInfo) -> dict[str, str]:
-    return outputs.provenance(
-        weights=args.weights,
-        info=info,
-        resize=args.resize,
-        precision=args.precision,
-        top_k=args.top_k,
-        version=vgg.__version__,
+        args.output, provenance=provenance, embeddings=args.embeddings, attempt=plan.attempt
     )
 
 
@@ -82,11 +63,11 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
 
     handler, reader and decode replace the real model handler, reader and decoder (tests).
     """
-    args, beam_args = parse_args(sys.argv[1:] if argv is None else argv)
-    options = pipeline_options(args, beam_args, save_main_session=save_main_session)
+    args, beam_args = options.parse_args(sys.argv[1:] if argv is None else argv)
+    beam_options = options.pipeline_options(args, beam_args, save_main_session=save_main_session)
     # The launcher's own checks (input listing, output probe, --resume) go through the
     # same filesystems as the job, so they need its options (e.g. --s3_endpoint_url) too.
-    FileSystems.set_options(options)
+    FileSystems.set_options(beam_options)
     info = check_launch(args)
     if info.untrained:
         log.warning(outputs.UNTRAINED_WARNING)
@@ -94,10 +75,10 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
         args.output,
         resume=args.resume,
         retry_errors=args.retry_errors,
-        provenance=job_provenance(args, info),
+        provenance=options.provenance(args, info),
         embeddings=args.embeddings,
     )
-    pipeline = test_pipeline or beam.Pipeline(options=options)
+    pipeline = test_pipeline or beam.Pipeline(options=beam_options)
     build_pipeline(pipeline, args, info, plan, handler=handler, reader=reader, decode=decode)
     start = time.monotonic()
     result = pipeline.run()
