@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
 import math
-import pathlib
 
+from tests.modules import imported_modules
 from vgg import architecture
 from vgg.architecture import (
     CONV_BLOCKS,
@@ -56,11 +55,4 @@ def test_layer_names_and_shapes():
 def test_module_imports_nothing_but_the_standard_library():
     # The launcher, the pipeline's options and vgg.preprocess import these constants;
     # they must not pull in TensorFlow (seconds and hundreds of MB) or anything else.
-    tree = ast.parse(pathlib.Path(architecture.__file__).read_text())
-    imported = {
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert imported == {"__future__"}
+    assert imported_modules(architecture) == {"__future__"}

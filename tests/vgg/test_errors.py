@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-import pathlib
 import pickle
 
+from tests.modules import imported_modules
 from vgg import errors
 from vgg.errors import ClassifiedError
 from vgg.preprocess import ImageError
@@ -31,11 +30,4 @@ def test_subclasses_keep_their_type_and_their_own_message_form():
 
 def test_imports_nothing():
     # vgg.preprocess (hence every Beam worker and the launcher) imports it: it must stay a leaf.
-    tree = ast.parse(pathlib.Path(errors.__file__).read_text())
-    imported = {
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    }
-    assert imported == {"__future__"}
+    assert imported_modules(errors) == {"__future__"}

@@ -1,6 +1,5 @@
 """Tests for vgg.preprocess: modes, orientation, resizing, draft and bad inputs."""
 
-import ast
 import dataclasses
 import io
 import os
@@ -13,6 +12,7 @@ from PIL import Image
 from tests import images
 from tests.conftest import SAMPLES
 from tests.images import BLUE, GREEN, RED, WHITE, encode, exif_tagged, png_header_only
+from tests.modules import imported_modules
 from vgg import preprocess
 from vgg.preprocess import (
     ALLOWED_FORMATS,
@@ -71,14 +71,16 @@ def test_constants():
 def test_module_imports_only_pillow_numpy_and_stdlib():
     # Beam workers and the launcher both import this; it must stay light. Its imports from
     # this project, vgg.architecture and vgg.errors, import nothing (their own tests).
-    tree = ast.parse(pathlib.Path(preprocess.__file__).read_text())
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module)
-    assert modules == {"dataclasses", "io", "os", "struct", "numpy", "PIL", "vgg.architecture", "vgg.errors"}
+    assert imported_modules(preprocess) == {
+        "dataclasses",
+        "io",
+        "os",
+        "struct",
+        "numpy",
+        "PIL",
+        "vgg.architecture",
+        "vgg.errors",
+    }
 
 
 def test_image_error_is_value_error_with_type():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, SEED
+from tests.modules import imported_modules, syntax_tree
 from tests.vgg.weight_files import assert_same_weights, tiny_npz
 from vgg import weights
 from vgg.architecture import LAYER_NAMES
@@ -31,15 +31,8 @@ from vgg.weights import (
 def test_module_leaves_every_format_to_the_registry():
     # Formats are vgg.weight_formats' business: this module imports no file library and
     # compares nothing with a format's name, so a new format is one registry entry.
-    tree = ast.parse(pathlib.Path(weights.__file__).read_text())
-    imported = {
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
-    assert not imported & {"h5py", "zipfile"}
-    names = {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)}
+    assert not imported_modules(weights) & {"h5py", "zipfile"}
+    names = {node.value for node in ast.walk(syntax_tree(weights)) if isinstance(node, ast.Constant)}
     assert not names & {"npz", "h5", ".npz", ".h5"}
 
 
