@@ -41,7 +41,7 @@ ensure_flink() {
 
 # The apache-beam version the project's virtual environment runs (the job server must match it).
 beam_version() {
-  "${PY:-.venv/bin/python}" -c 'import apache_beam; print(apache_beam.__version__)'
+  "${PY:-.venv/bin/python}" -W ignore::FutureWarning -c 'import apache_beam; print(apache_beam.__version__)'
 }
 
 # Sets FLINK_JOB_SERVER_JAR to Beam's job server for this Flink minor and the project's Beam
