@@ -9,7 +9,7 @@
 #   docker build -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0 .
 #   docker push REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0
 ARG PY_VERSION=3.11
-ARG BEAM_VERSION=2.77.0
+ARG BEAM_VERSION=2.62.0
 FROM apache/beam_python${PY_VERSION}_sdk:${BEAM_VERSION}
 
 # An ARG declared before FROM is not visible after it unless declared again.

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/venv.sh
 ensure_venv test
-# Apache Flink for tests/pipeline/test_flink.py, and Beam's Flink job server where Maven serves it.
+# Apache Flink and Beam's Flink job server (built with Maven) for tests/pipeline/test_flink.py; cached.
 source scripts/flink_setup.sh
 ensure_flink
 ensure_job_server

@@ -25,7 +25,10 @@ setup(
         "tensorflow>=2.16,<2.22",  # Keras 3; the Linux wheel runs on CUDA GPUs with the 'gpu' extra
         "keras>=3.3",
         # gs:// and s3:// are first-class inputs and outputs, so both filesystems come along.
-        "apache-beam[gcp,aws]>=2.60,<3",
+        # Pinned to the release of Beam's Flink job server that scripts/flink_setup.sh can
+        # build here: the SDK and the job server must be the same release, and 2.62.0 is the
+        # newest whose Flink runner Maven serves with all its dependencies (docs/flink.md).
+        "apache-beam[gcp,aws]==2.62.0",
         "numpy>=1.26",
         "pillow>=10.3",
         "pyarrow>=14",

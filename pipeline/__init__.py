@@ -1,4 +1,12 @@
 """The Beam job around VGG16: options, inputs, the labelling transforms, the output tables, search."""
 
+import warnings
+
+# Google's client libraries (Beam's gcp extra) warn on import about the grpcio and Python
+# versions that Beam pins (FutureWarning, e.g. "grpcio < 1.83.0 does not support
+# Post-Quantum Cryptography"): nothing a user of this job can act on, and it would bury
+# the one `error:` line of a launcher check.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
+
 # Every Beam metric of the job (counters, distributions) lives in this namespace.
 METRICS_NAMESPACE = "vgg16"

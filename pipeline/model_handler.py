@@ -101,12 +101,17 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
     """
 
     def __init__(self, config: ModelConfig):
-        super().__init__(
-            min_batch_size=config.min_batch_size,
-            max_batch_size=config.max_batch_size,
-            large_model=config.share_model,
-        )
+        # Batching and sharing are given by overriding the two methods below, which every
+        # Beam release asks; ModelHandler.__init__ takes them as arguments only in releases
+        # after 2.62, the one the Flink job server is built for (docs/flink.md).
+        super().__init__()
         self.config = config
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": self.config.min_batch_size, "max_batch_size": self.config.max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self.config.share_model
 
     def load_model(self):
         from vgg.inference import Predictor  # TensorFlow is imported on workers only

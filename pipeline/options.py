@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import os
 from collections.abc import Sequence
 
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+    _BeamArgumentParser,
+)
 
 import vgg
 from pipeline import outputs
@@ -237,6 +244,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         argv = [*config_to_argv(load_config(first.config), argv), *argv]
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(beam_args)
+    check_flink_job_server(beam_args)
     validate(args)
     _warn_about_secret_flags(beam_args)
     return args, beam_args
@@ -266,6 +274,32 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
         f"unrecognized option {arg.split('=', 1)[0]}{hint}: neither this job nor Beam's pipeline "
         "options know it; nothing was run (see --help)."
     )
+
+
+def check_flink_job_server(beam_args: Sequence[str]) -> None:
+    """Refuses --runner=FlinkRunner with neither a job-server jar to start nor a job server to use.
+
+    Without either, Beam's FlinkRunner downloads Beam's own job-server jar from Maven
+    Central, which does not serve it to this project's machines: an HTTP 404 and a
+    traceback after the launcher's checks (docs/flink.md).
+
+    Raises:
+        ConfigError: saying how to get the jar.
+    """
+    options = PipelineOptions(list(beam_args))
+    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
+    if runner not in ("flink", "flinkrunner") or options.view_as(PortableOptions).job_endpoint:
+        return
+    jar = options.view_as(FlinkRunnerOptions).flink_job_server_jar
+    how = "scripts/flink_setup.sh builds the jar and prints its path (docs/flink.md)"
+    if not jar:
+        raise ConfigError(
+            "--runner=FlinkRunner needs --flink_job_server_jar=JAR, or --job_endpoint=HOST:PORT of a "
+            "job server you run (Beam would fetch its own jar from Maven Central, which does not "
+            f"serve it to this project's machines); {how}."
+        )
+    if "://" not in jar and not os.path.isfile(jar):
+        raise ConfigError(f"--flink_job_server_jar {jar!r} is not a file; {how}.")
 
 
 def _warn_about_secret_flags(beam_args: Sequence[str]) -> None:

@@ -5,6 +5,7 @@ python -m pipeline.run --input 'photos/**/*.jpg' --output out/ --weights vgg16_w
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import os
@@ -113,4 +114,7 @@ if __name__ == "__main__":
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    # The exit hooks still run: Beam stops the job server it started (FlinkRunner's Java
+    # process) in one, and without it that JVM outlives every run.
+    atexit._run_exitfuncs()
     os._exit(code)

@@ -21,6 +21,9 @@ RPC_PORT="${FLINK_RPC_PORT:-6123}"
 TASKMANAGERS="${FLINK_TASKMANAGERS:-2}"
 START_TIMEOUT_S=120
 export FLINK_CONF_DIR="$FLINK_DIR/conf"
+# The TaskManagers inherit it: scripts/flink_sdk_worker.sh, which they run for each SDK
+# harness (--environment_type=PROCESS), writes the harness's stderr into $FLINK_DIR/log.
+export FLINK_DIR
 
 usage() {
   echo "usage: scripts/flink_local.sh start|status|add-taskmanager|stop" >&2

@@ -3,16 +3,19 @@
 # installed once into $FLINK_ROOT (default: .flink in the checkout) and reused afterwards.
 #
 #   scripts/flink_setup.sh            install what is missing, then print FLINK_HOME=... and
-#                                     FLINK_JOB_SERVER_JAR=... (empty when Maven has no jar)
+#                                     FLINK_JOB_SERVER_JAR=... (what --flink_job_server_jar takes)
 #   source scripts/flink_setup.sh     the same functions and variables, for other scripts
 #
 # Flink comes from PyPI: apache-flink ships bin/ and conf/, apache-flink-libraries the jars.
 # Both go into their own virtual environment with --no-deps, because apache-flink pins an
-# old apache-beam that must not replace the project's. Beam's job server comes from Maven
-# Central through `mvn dependency:copy`, for the Beam version the project's venv runs.
-# Neither step downloads anything once its result is in $FLINK_ROOT.
+# old apache-beam that must not replace the project's. Beam's job server is built with
+# Maven from scripts/flink_job_server/pom.xml: Beam's Flink runner library for the Beam
+# version the project's venv runs, its dependencies copied beside it (docs/flink.md says
+# why Beam's own job-server jar is not used). Neither step downloads anything once its
+# result is in $FLINK_ROOT.
 
-FLINK_VERSION="${FLINK_VERSION:-1.20.5}"
+# Flink 1.19: the newest minor with a Beam Flink runner served for the pinned Beam (setup.py).
+FLINK_VERSION="${FLINK_VERSION:-1.19.3}"
 FLINK_MINOR="${FLINK_VERSION%.*}"
 FLINK_ROOT="${FLINK_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.flink}"
 
@@ -38,39 +41,39 @@ ensure_flink() {
 
 # The apache-beam version the project's virtual environment runs (the job server must match it).
 beam_version() {
-  "${PY:-.venv/bin/python}" -c 'import apache_beam; print(apache_beam.__version__)'
+  "${PY:-.venv/bin/python}" -W ignore::FutureWarning -c 'import apache_beam; print(apache_beam.__version__)'
 }
 
-# Sets FLINK_JOB_SERVER_JAR to Beam's job server for this Flink minor and the project's Beam,
-# fetching it from Maven Central if needed. When Maven does not serve that jar, it says so
-# on one line, leaves FLINK_JOB_SERVER_JAR empty and returns 0: the cluster works without it.
+# Sets FLINK_JOB_SERVER_JAR to Beam's job server for this Flink minor and the project's Beam
+# ($FLINK_ROOT/job-server-MINOR-BEAM/beam-runners-flink-MINOR-job-server-BEAM.jar, with its
+# dependencies in lib/ beside it), building it with Maven if needed.
 ensure_job_server() {
-  local beam="${BEAM_VERSION:-$(beam_version)}" || return 1
-  local artifact="beam-runners-flink-$FLINK_MINOR-job-server"
-  local jar="$FLINK_ROOT/jars/$artifact-$beam.jar"
+  local beam
+  beam="${BEAM_VERSION:-$(beam_version)}" || return 1
+  local pom dir name stamp
+  pom="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/flink_job_server/pom.xml"
+  dir="$FLINK_ROOT/job-server-$FLINK_MINOR-$beam"
+  name="beam-runners-flink-$FLINK_MINOR-job-server-$beam.jar"
+  stamp="$dir/.built-$(sha256sum "$pom" | cut -c1-16)"  # an edited pom.xml builds again
   FLINK_JOB_SERVER_JAR=""
-  local refused="$jar.not-served"
-  if [ ! -f "$jar" ] && [ -n "$(find "$refused" -mmin -1440 2>/dev/null)" ]; then
-    # Asked within the last day and refused: Maven would only say no again, more slowly.
-    echo "note: org.apache.beam:$artifact:$beam is not served (asked within a day; $refused)" >&2
-    return 0
-  fi
-  if [ ! -f "$jar" ]; then
+  if [ ! -f "$stamp" ]; then
     if ! command -v mvn >/dev/null 2>&1; then
-      echo "note: Maven (mvn) is not installed, so Beam's Flink job server was not fetched" >&2
-      return 0
+      echo "error: Maven (mvn) is needed to build Beam's Flink job server; install it (apt-get install maven)" >&2
+      return 1
     fi
-    echo "==> fetching org.apache.beam:$artifact:$beam with Maven (once)" >&2
-    mkdir -p "$FLINK_ROOT/jars"
-    if ! mvn -q -B dependency:copy "-Dartifact=org.apache.beam:$artifact:$beam" \
-      "-DoutputDirectory=$FLINK_ROOT/jars" >"$FLINK_ROOT/jars/mvn.log" 2>&1; then
-      touch "$refused"
-      echo "note: Maven Central, as reached from here, does not serve org.apache.beam:$artifact:$beam" \
-        "(details: $FLINK_ROOT/jars/mvn.log); jobs on Flink need that jar (docs/flink.md)" >&2
-      return 0
+    echo "==> building Beam $beam's Flink $FLINK_MINOR job server with Maven into $dir (once)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    if ! mvn -B -f "$pom" "-Dbeam.version=$beam" "-Dflink.minor=$FLINK_MINOR" \
+      "-Doutput.dir=$dir" package >"$FLINK_ROOT/job-server-$FLINK_MINOR-$beam.log" 2>&1; then
+      echo "error: Maven could not build org.apache.beam:beam-runners-flink-$FLINK_MINOR:$beam's job server" \
+        "(details: $FLINK_ROOT/job-server-$FLINK_MINOR-$beam.log); docs/flink.md lists the versions served" >&2
+      return 1
     fi
+    rm -rf "$dir/maven"
+    touch "$stamp"
   fi
-  FLINK_JOB_SERVER_JAR="$jar"
+  FLINK_JOB_SERVER_JAR="$dir/$name"
   export FLINK_JOB_SERVER_JAR
 }
 

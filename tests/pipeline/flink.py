@@ -5,30 +5,45 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tests.conftest import REPO
 from tests.pipeline.servers import free_port
 
 SCRIPT = REPO / "scripts" / "flink_local.sh"
-JOB_SOURCE = pathlib.Path(__file__).parent / "flink_job" / "SlowSequence.java"
 SCRIPT_TIMEOUT_S = 300  # a cold start installs Flink from PyPI first
+SETUP_TIMEOUT_S = 900  # a cold build downloads the job server's ~150 MB of jars
+HARNESS = "apache_beam.runners.worker.sdk_worker_main"  # what flink_sdk_worker.py becomes
+MODEL_READY = "VGG16 ready on"  # vgg.inference's line when a process has loaded the model
+
+
+def _setup(function: str, variable: str) -> str:
+    done = subprocess.run(
+        ["bash", "-c", f"source scripts/flink_setup.sh && {function} >&2 && echo ${variable}"],
+        cwd=REPO,
+        env=dict(os.environ, PY=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=SETUP_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
 
 
 def flink_home() -> pathlib.Path:
     """The Flink distribution scripts/flink_setup.sh installs (installing it if needed)."""
-    done = subprocess.run(
-        ["bash", "-c", "source scripts/flink_setup.sh && ensure_flink >&2 && echo $FLINK_HOME"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-        check=True,
-    )
-    return pathlib.Path(done.stdout.strip())
+    return pathlib.Path(_setup("ensure_flink", "FLINK_HOME"))
+
+
+def job_server_jar() -> pathlib.Path:
+    """Beam's Flink job server as scripts/flink_setup.sh builds it (building it if needed)."""
+    return pathlib.Path(_setup("ensure_job_server", "FLINK_JOB_SERVER_JAR"))
 
 
 @dataclass
@@ -60,9 +75,10 @@ class Cluster:
             timeout=SCRIPT_TIMEOUT_S,
         )
 
-    def rest(self, path: str):
-        """GET http://127.0.0.1:PORT/path, as parsed JSON."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.rest_port}{path}", timeout=10) as response:
+    def rest(self, path: str, method: str = "GET"):
+        """`method` http://127.0.0.1:PORT/path, as parsed JSON."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
 
     def daemon_pids(self, daemon: str) -> list[int]:
@@ -74,23 +90,69 @@ class Cluster:
 
     def jvms(self) -> list[int]:
         """Every process whose command line names this cluster's folder (its JVMs, whoever started them)."""
-        found = []
-        for proc in pathlib.Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(self.folder) in cmdline and "java" in cmdline.split(" ", 1)[0]:
-                found.append(int(proc.name))
-        return found
+        return [
+            pid for pid, cmdline in processes() if str(self.folder) in cmdline and "java" in cmdline[:200]
+        ]
+
+    def harnesses(self) -> list[int]:
+        """SDK harnesses this cluster's TaskManagers started (alive after their TaskManager died, too)."""
+        return [
+            pid
+            for pid, cmdline in processes()
+            if HARNESS in cmdline and environ(pid).get("FLINK_DIR") == str(self.folder)
+        ]
 
     def taskmanager_pid(self, taskmanager_id: str) -> int:
         """The pid of the TaskManager JVM with this resource id ("127.0.0.1:RPC_PORT-suffix")."""
         port = int(taskmanager_id.rsplit(":", 1)[1].split("-", 1)[0])
         (pid,) = [pid for pid in self.daemon_pids("taskexecutor") if port in listening_ports(pid)]
         return pid
+
+    def taskmanager_logs(self) -> dict[str, pathlib.Path]:
+        """TaskManager resource id -> its log file (each TaskManager names its id when it starts)."""
+        logs = {}
+        for path in (self.folder / "log").glob("flink-*-taskexecutor-*.log"):
+            found = re.search(
+                r"Starting TaskManager with ResourceID: (\S+)", path.read_text(errors="replace")
+            )
+            if found:
+                logs[found.group(1)] = path
+        return logs
+
+    def count_in_logs(self, text: str) -> dict[str, int]:
+        """TaskManager resource id -> how many lines of its log hold `text`."""
+        return {
+            tm: sum(text in line for line in path.read_text(errors="replace").splitlines())
+            for tm, path in self.taskmanager_logs().items()
+        }
+
+    def job_ids(self) -> set[str]:
+        return {job["jid"] for job in self.rest("/jobs/overview")["jobs"]}
+
+    def new_job(self, known: set[str], launcher: subprocess.Popen, timeout_s: float) -> str:
+        """The id of the one job submitted since `known` was taken; fails if the launcher exits first."""
+        deadline = time.monotonic() + timeout_s
+        while not (new := self.job_ids() - known):
+            assert launcher.poll() is None, (
+                f"the launcher exited with {launcher.returncode} before submitting"
+            )
+            assert time.monotonic() < deadline, f"no job submitted within {timeout_s:g} s"
+            time.sleep(0.5)
+        (job_id,) = new
+        return job_id
+
+    def vertex(self, job_id: str, name_part: str) -> dict:
+        """The job's one vertex whose name holds `name_part` (status, metrics), with its "subtasks"."""
+        (vertex,) = [v for v in self.rest(f"/jobs/{job_id}")["vertices"] if name_part in v["name"]]
+        return {**vertex, "subtasks": self.rest(f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]}
+
+    def harness_logs(self) -> dict[int, int]:
+        """TaskManager pid -> SDK harnesses it started (scripts/flink_sdk_worker.sh logs each one)."""
+        started: dict[int, int] = {}
+        for path in (self.folder / "log").glob("sdk-worker-*.log"):
+            pid = int(path.name.split("-")[2])
+            started[pid] = started.get(pid, 0) + 1
+        return started
 
     def wait_for_job(self, job_id: str, states: set[str], timeout_s: float) -> dict:
         """The job's details once its state is one of `states`; raises after timeout_s."""
@@ -110,6 +172,42 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def processes():
+    """(pid, command line) of every process on the machine."""
+    for proc in pathlib.Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                yield (
+                    int(proc.name),
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"),
+                )
+            except OSError:
+                continue
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = pathlib.Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/statm").read_text().split()
+    except OSError:
+        return 0
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def listening_ports(pid: int) -> set[int]:
@@ -135,17 +233,43 @@ def new_cluster(folder: pathlib.Path) -> Cluster:
     return Cluster(folder=folder, rest_port=free_port(), rpc_port=free_port())
 
 
-def build_job_jar(folder: pathlib.Path) -> pathlib.Path:
-    """tests/pipeline/flink_job/SlowSequence.java compiled against the cluster's own jars."""
-    classes = folder / "classes"
-    classes.mkdir()
-    lib = flink_home() / "lib"
-    subprocess.run(
-        ["javac", "-nowarn", "-d", str(classes), "-cp", f"{lib}/*", str(JOB_SOURCE)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    jar = folder / "slow-sequence.jar"
-    subprocess.run(["jar", "cf", str(jar), "-C", str(classes), "."], check=True, timeout=60)
-    return jar
+@dataclass
+class HarnessSampler:
+    """Samples, twice a second, which SDK harness processes each TaskManager JVM has as children.
+
+    Records the most harnesses each TaskManager had at the same time, and the peak resident
+    memory of each harness and each TaskManager JVM.
+    """
+
+    taskmanagers: list[int]
+    most_at_once: dict[int, int] = field(default_factory=dict)
+    harness_rss: dict[int, int] = field(default_factory=dict)
+    jvm_rss: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.5):
+            for tm in self.taskmanagers:
+                self.jvm_rss[tm] = max(self.jvm_rss.get(tm, 0), rss_bytes(tm))
+                now = [pid for pid in children(tm) if HARNESS in _cmdline(pid)]
+                self.most_at_once[tm] = max(self.most_at_once.get(tm, 0), len(now))
+                for pid in now:
+                    self.harness_rss[pid] = max(self.harness_rss.get(pid, 0), rss_bytes(pid))
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -1,49 +1,184 @@
-"""A real Apache Flink cluster on 127.0.0.1, as scripts/flink_local.sh starts it for users.
+"""The labelling job on a real Apache Flink cluster on 127.0.0.1, as scripts/flink_local.sh starts it.
 
-One cluster for the module (a JobManager and two TaskManagers, each its own JVM), always
-stopped at the end. A small Java batch job (tests/pipeline/flink_job/SlowSequence.java)
-stands in for the work while one TaskManager is SIGKILLed: the cluster's restart strategy
-and a replacement TaskManager must bring the job to FINISHED with every record exactly once.
-Beam's Flink job server, which the labelling job itself needs on Flink, is not served here
-(docs/flink.md), so no test submits the Beam pipeline to this cluster.
+One cluster for the module (a JobManager and two TaskManagers, each its own JVM with one
+slot), always stopped at the end, no JVM or SDK harness left behind. The job runs as a
+user runs it, `python -m pipeline.run --config configs/flink.yaml ...`: the launcher starts
+Beam's Flink job server (built by scripts/flink_setup.sh), which submits to the cluster;
+each TaskManager starts its own SDK harness (scripts/flink_sdk_worker.sh). Checked: rows
+equal to the DirectRunner's, the summary's counts, work on both TaskManagers, one harness
+and one model per TaskManager, --resume after a cancel, and a TaskManager SIGKILLed while
+labelling. Figures are printed (pytest -s) and quoted in docs/flink.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
+import zipfile
 
+import numpy as np
 import pytest
+import yaml
+from PIL import Image
 
-from tests.pipeline.flink import alive, build_job_jar, flink_home, new_cluster
+from pipeline.inputs import image_id
+from tests.conftest import REPO
+from tests.corpus import build_corpus
+from tests.pipeline.flink import (
+    MODEL_READY,
+    HarnessSampler,
+    alive,
+    children,
+    job_server_jar,
+    new_cluster,
+)
+from tests.pipeline.jobs import run_job
 
 TASKMANAGERS = 2
 TM_MEMORY = 1536 * 2**20  # scripts/flink_local.sh's default FLINK_TM_MEMORY, 1536m
-NUMBERS = 2000  # the job's records; 20 ms each on 2 subtasks: about 20 s of work
-MILLIS_PER_NUMBER = 20
+WIDTHS = (96, 128, 160, 192, 256, 320)  # each sample photo at these widths: the good inputs
+MORE_WIDTHS = (112, 144)  # the inputs the --resume test adds
+BAD = ("empty.jpg", "text.jpg", "half.jpg", "bad_crc.png", "image.ppm")  # from tests/corpus.py
+# 6 sample photos x 6 widths + 5 bad files; every bad one fails at decode.
+SUMMARY = "summary: 41 inputs, 36 labelled, 5 failed (read 0, decode 5, inference 0)"
+LAUNCH_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     cluster = new_cluster(tmp_path_factory.mktemp("flink"))
+    # The TaskManagers, and so the harnesses they start, run the Python running this test.
+    os.environ["BEAM_SDK_PYTHON"] = sys.executable
     started = cluster.script("start")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         yield cluster
     finally:
         cluster.script("stop")
-        for pid in cluster.jvms():  # only if stop failed: never leave a JVM behind
+        for pid in cluster.jvms() + cluster.harnesses():  # only if stop failed: leave nothing behind
             os.kill(pid, signal.SIGKILL)
+        os.environ.pop("BEAM_SDK_PYTHON", None)
+
+
+@pytest.fixture(scope="module")
+def jar():
+    return job_server_jar()
+
+
+def write_photos(folder, sample_photos, widths) -> None:
+    for photo in sample_photos:
+        image = Image.open(photo).convert("RGB")
+        for width in widths:
+            image.resize((width, image.height * width // image.width)).save(
+                folder / f"{photo.stem}_{width}.jpg", quality=90
+            )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, sample_photos):
+    """41 inputs: the sample photos at six widths, and five broken files from the corpus."""
+    folder = tmp_path_factory.mktemp("flink-inputs")
+    write_photos(folder, sample_photos, WIDTHS)
+    corpus = build_corpus(large=False)
+    for name in BAD:
+        (folder / name).write_bytes(corpus[name][0])
+    assert len(list(folder.iterdir())) == 41
+    return folder
+
+
+@pytest.fixture(scope="module")
+def direct(inputs, npz_path, tmp_path_factory):
+    """The same inputs through the DirectRunner: its output folder."""
+    out = tmp_path_factory.mktemp("flink-direct")
+    done = run_job(
+        "--input", f"{inputs}/*", "--output", out, "--weights", npz_path, "--embeddings", "--batch_size", "4"
+    )
+    assert SUMMARY in done.stdout
+    return out
+
+
+def flink_args(cluster, jar, folders, out, npz_path, *more) -> list[str]:
+    """pipeline.run's arguments for this cluster: configs/flink.yaml plus its address and the test's files."""
+    return [
+        "--config", "configs/flink.yaml",
+        f"--flink_master=127.0.0.1:{cluster.rest_port}",
+        f"--flink_job_server_jar={jar}",
+        *[arg for folder in folders for arg in ("--input", f"{folder}/*")],
+        "--output", str(out), "--weights", npz_path,
+        "--batch_size", "4",
+        "--max_error_fraction", "1",  # an eighth of the inputs are broken on purpose
+        *more,
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def launched(args):
+    """`python -m pipeline.run ARGS` running; killed with its job server if still running at the end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.run", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group: the job-server JVM it starts goes with it
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def flink_run(cluster, jar, inputs, npz_path, tmp_path_factory):
+    """One run of the job on the cluster: (output, launcher stdout, Flink job id, HarnessSampler, wall s)."""
+    out = tmp_path_factory.mktemp("flink-out")
+    known = cluster.job_ids()
+    began = time.monotonic()
+    with HarnessSampler(cluster.daemon_pids("taskexecutor")) as sampler:
+        done = run_job(*flink_args(cluster, jar, [inputs], out, npz_path))
+    wall = time.monotonic() - began
+    (job_id,) = cluster.job_ids() - known
+    return out, done.stdout, job_id, sampler, wall
+
+
+def rows(read_rows, out, table):
+    found, files = read_rows(out, table)
+    return sorted(found, key=lambda row: row["image_id"]), files
+
+
+def assert_rows_equal(ours, theirs):
+    assert [r["image_id"] for r in ours] == [r["image_id"] for r in theirs]
+    for mine, direct in zip(ours, theirs):
+        assert (mine["uri"], mine["width"], mine["height"]) == (
+            direct["uri"],
+            direct["width"],
+            direct["height"],
+        )
+        assert [x["class_index"] for x in mine["labels"]] == [x["class_index"] for x in direct["labels"]]
+        # Same TensorFlow on the same CPU; batches may be cut differently, hence a tolerance.
+        np.testing.assert_allclose(
+            [x["score"] for x in mine["labels"]], [x["score"] for x in direct["labels"]], rtol=1e-4
+        )
+        np.testing.assert_allclose(mine["fc7"], direct["fc7"], rtol=1e-3, atol=1e-3)
+
+
+def expected_ids(*folders) -> list[str]:
+    return sorted(image_id(str(path)) for folder in folders for path in folder.iterdir())
 
 
 def test_start_gives_a_jobmanager_and_two_taskmanager_jvms_with_one_slot_each(cluster):
     overview = cluster.rest("/overview")
     assert (overview["taskmanagers"], overview["slots-total"]) == (TASKMANAGERS, TASKMANAGERS)
-    assert overview["flink-version"] == "1.20.5"  # scripts/flink_setup.sh's FLINK_VERSION
+    assert overview["flink-version"] == "1.19.3"  # scripts/flink_setup.sh's FLINK_VERSION
     taskmanagers = cluster.rest("/taskmanagers")["taskmanagers"]
     assert [tm["slotsNumber"] for tm in taskmanagers] == [1, 1]
     for tm in taskmanagers:
@@ -67,56 +202,186 @@ def test_config_sets_a_restart_strategy_and_fast_heartbeats(cluster):
     assert (config["rest.address"], config["rest.port"]) == ("127.0.0.1", str(cluster.rest_port))
 
 
-def running_subtasks(cluster, job_id: str) -> list[dict]:
-    """The job's one vertex's subtasks, once both run; [] until then."""
-    job = cluster.rest(f"/jobs/{job_id}")
-    (vertex,) = job["vertices"]  # source -> map -> sink, chained into one vertex
-    subtasks = cluster.rest(f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]
-    return subtasks if all(s["status"] == "RUNNING" for s in subtasks) else []
+def test_the_config_names_the_job_server_that_flink_setup_builds(jar):
+    config = yaml.safe_load((REPO / "configs" / "flink.yaml").read_text())
+    if "FLINK_ROOT" not in os.environ:  # elsewhere the jar is built where FLINK_ROOT says
+        assert REPO / config["flink_job_server_jar"] == jar
+    assert jar.name == "beam-runners-flink-1.19-job-server-2.62.0.jar"
+    # Beam's FlinkRunner runs `java -jar JAR`: the manifest names the driver and the lib/ jars.
+    with zipfile.ZipFile(jar) as archive:
+        manifest = archive.read("META-INF/MANIFEST.MF").decode().replace("\r\n", "\n").replace("\n ", "")
+    assert "Main-Class: org.apache.beam.runners.flink.FlinkJobServerDriver" in manifest
+    class_path = re.search(r"Class-Path: (.*)", manifest).group(1).split()
+    assert "lib/beam-runners-flink-1.19-2.62.0.jar" in class_path
+    assert all((jar.parent / path).is_file() for path in class_path)
 
 
-def test_job_survives_a_killed_taskmanager_with_every_record_once(cluster, tmp_path):
-    jar = build_job_jar(tmp_path)
-    out = tmp_path / "numbers"
-    submitted = subprocess.run(
-        [str(flink_home() / "bin" / "flink"), "run", "-d", "-p", str(TASKMANAGERS), "-c", "SlowSequence",
-         str(jar), str(NUMBERS), str(MILLIS_PER_NUMBER), str(out)],
-        env=cluster.env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = re.search(r"JobID ([0-9a-f]{32})", submitted.stdout).group(1)
+def test_flink_without_a_job_server_jar_is_one_error_line():
+    done = run_job(
+        "--runner=FlinkRunner",
+        "--input",
+        "samples/*",
+        "--output",
+        "output/never",
+        "--weights",
+        "w.npz",
+        check=False,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: --runner=FlinkRunner needs --flink_job_server_jar=JAR")
+    assert "scripts/flink_setup.sh builds the jar" in line
 
-    deadline = time.monotonic() + 120
-    while not (subtasks := running_subtasks(cluster, job_id)):
-        assert time.monotonic() < deadline, "the job's two subtasks never ran"
-        time.sleep(0.5)
-    # Both TaskManagers work on the job: one subtask each.
-    victim = subtasks[0]["taskmanager-id"]
+
+def test_flink_writes_what_the_direct_runner_writes(flink_run, direct, inputs, read_rows):
+    out, _, _, _, _ = flink_run
+    flink_predictions, _ = rows(read_rows, out, "predictions")
+    direct_predictions, _ = rows(read_rows, direct, "predictions")
+    assert_rows_equal(flink_predictions, direct_predictions)
+    flink_errors, _ = rows(read_rows, out, "errors")
+    assert flink_errors == rows(read_rows, direct, "errors")[0]
+    # Every input exactly once, in one table or the other.
+    ids = [r["image_id"] for r in flink_predictions + flink_errors]
+    assert sorted(ids) == expected_ids(inputs)
+    corpus = build_corpus(large=False)
+    assert sorted((os.path.basename(e["uri"]), e["stage"], e["error_type"]) for e in flink_errors) == sorted(
+        (name, corpus[name][1].stage, corpus[name][1].error_type) for name in BAD
+    )
+
+
+def test_the_summary_counts_come_back_from_flink(flink_run):
+    _, stdout, _, _, wall = flink_run
+    # The counters are Flink accumulators of the finished job (Beam's Flink runner reports
+    # them as "attempted"; pipeline.summary falls back to those).
+    assert SUMMARY in stdout
+    print(f"\nflink run: {stdout.strip().splitlines()[-1]}; launcher wall {wall:.1f} s")
+
+
+def test_both_taskmanagers_labelled(flink_run, cluster):
+    _, _, job_id, _, _ = flink_run
+    label = cluster.vertex(job_id, "Label")
+    subtasks = label["subtasks"]
+    # The labelling stage ran as two subtasks, one on each TaskManager, and each got inputs.
     assert sorted(s["taskmanager-id"] for s in subtasks) == sorted(
         tm["id"] for tm in cluster.rest("/taskmanagers")["taskmanagers"]
     )
-    time.sleep(3)  # mid-job: each subtask has written some of its numbers
+    assert all(s["status"] == "FINISHED" and s["metrics"]["read-records"] > 0 for s in subtasks)
+    assert sum(s["metrics"]["read-records"] for s in subtasks) == 41
 
-    pid = cluster.taskmanager_pid(victim)
-    os.kill(pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    # A standalone cluster does not replace a dead TaskManager; a cluster manager would.
-    added = cluster.script("add-taskmanager")
-    assert added.returncode == 0, added.stderr
-    replaced_s = time.monotonic() - killed_at
 
-    job = cluster.wait_for_job(job_id, {"FINISHED", "FAILED", "CANCELED"}, timeout_s=240)
-    assert job["state"] == "FINISHED"
-    assert not alive(pid)
-    # One failure, the lost TaskManager's, and so one restart of its region.
-    (failure,) = cluster.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
-    assert failure["taskManagerId"] == victim
-    # The restarted subtask rewrote its file from the start: each number exactly once.
-    numbers = [int(line) for path in sorted(out.iterdir()) for line in path.read_text().split()]
-    assert sorted(numbers) == list(range(1, NUMBERS + 1))
+def test_one_harness_and_one_model_per_taskmanager(flink_run, cluster):
+    _, _, _, sampler, _ = flink_run
+    # Each TaskManager JVM had at most one SDK harness child at any time (one slot,
+    # sdk_worker_parallelism 1), and the model was loaded once in each.
+    assert sampler.most_at_once == dict.fromkeys(sampler.taskmanagers, 1)
+    assert sorted(cluster.count_in_logs(MODEL_READY).values()) == [1, 1]
+    gib = 2**30
     print(
-        f"\nflink fault run: {len(numbers)} records, 1 TaskManager SIGKILLed, 1 restart; replacement "
-        f"registered {replaced_s:.1f} s after the kill; job wall {job['duration'] / 1000:.1f} s"
+        "\nper TaskManager: harnesses started one after another over the job "
+        f"{[cluster.harness_logs().get(tm, 0) for tm in sampler.taskmanagers]}, at most 1 at a time; "
+        "peak RSS "
+        f"TaskManager JVMs {[round(sampler.jvm_rss[tm] / gib, 2) for tm in sampler.taskmanagers]} GiB, "
+        f"harness with the model {round(max(sampler.harness_rss.values()) / gib, 2)} GiB"
+    )
+
+
+def test_resume_after_a_cancel_labels_the_rest_once(
+    flink_run, cluster, jar, inputs, npz_path, tmp_path, read_rows, sample_photos
+):
+    first, _, _, _, _ = flink_run
+    more = tmp_path / "more"  # 12 new photos beside the first run's 41 inputs
+    more.mkdir()
+    write_photos(more, sample_photos, MORE_WIDTHS)
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    before = sorted(path.name for path in out.iterdir())
+    args = flink_args(cluster, jar, [inputs, more], out, npz_path, "--resume")
+
+    known = cluster.job_ids()
+    with launched(args) as launcher:
+        job_id = cluster.new_job(known, launcher, timeout_s=300)
+        deadline = time.monotonic() + 300
+        while cluster.vertex(job_id, "Label")["status"] != "RUNNING":
+            assert time.monotonic() < deadline, "the labelling stage never ran"
+            time.sleep(0.5)
+        cluster.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
+        job = cluster.wait_for_job(job_id, {"CANCELED", "FINISHED", "FAILED"}, timeout_s=120)
+        assert job["state"] == "CANCELED"
+        launcher.communicate(timeout=120)
+        assert launcher.returncode != 0
+    # Cancelled before its shards were finalized: the output holds the first run's shards only.
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("beam-temp-")) == before
+
+    done = run_job(*args)
+    # 41 inputs already in the output are skipped; the 12 new photos are labelled.
+    assert (
+        "summary: 12 inputs, 12 labelled, 0 failed (read 0, decode 0, inference 0), 41 skipped" in done.stdout
+    )
+    predictions, _ = rows(read_rows, out, "predictions")
+    errors, _ = rows(read_rows, out, "errors")
+    ids = [r["image_id"] for r in predictions + errors]
+    assert sorted(ids) == expected_ids(inputs, more)  # each of the 53 inputs exactly once
+
+
+def test_labelling_survives_a_killed_taskmanager(cluster, jar, inputs, npz_path, direct, tmp_path, read_rows):
+    out = tmp_path / "out"
+    ready_before = cluster.count_in_logs(MODEL_READY)
+    known = cluster.job_ids()
+    began = time.monotonic()
+    with launched(flink_args(cluster, jar, [inputs], out, npz_path)) as launcher:
+        job_id = cluster.new_job(known, launcher, timeout_s=300)
+
+        # Wait until both TaskManagers' harnesses have loaded the model, i.e. are labelling.
+        deadline = time.monotonic() + 300
+        while True:
+            ready = cluster.count_in_logs(MODEL_READY)
+            if sum(ready.get(tm, 0) > ready_before.get(tm, 0) for tm in ready) == TASKMANAGERS:
+                break
+            assert launcher.poll() is None and time.monotonic() < deadline, "the model never loaded on both"
+            time.sleep(0.5)
+        time.sleep(2)  # a few batches in: 20 images per TaskManager take 10 s or more on 2 cores
+        label = cluster.vertex(job_id, "Label")
+        victim = label["subtasks"][0]
+        assert victim["status"] == "RUNNING", (
+            "labelling ended before the kill; the test needs slower labelling"
+        )
+        pid = cluster.taskmanager_pid(victim["taskmanager-id"])
+        harnesses = children(pid)
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        # A standalone cluster does not replace a dead TaskManager; a cluster manager would.
+        added = cluster.script("add-taskmanager")
+        assert added.returncode == 0, added.stderr
+        replaced_s = time.monotonic() - killed_at
+
+        stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
+        wall = time.monotonic() - began
+        assert launcher.returncode == 0, stderr[-4000:]
+    job = cluster.rest(f"/jobs/{job_id}")
+    assert job["state"] == "FINISHED"
+    # The counters count each input once: Flink keeps only the successful attempts' accumulators.
+    assert SUMMARY in stdout
+    # The lost TaskManager failed tasks (each failure restarts its region), and the killed
+    # TaskManager's labelling subtask ran again, as a new attempt.
+    failures = cluster.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+    assert failures
+    relabelled = cluster.vertex(job_id, "Label")["subtasks"][victim["subtask"]]
+    assert relabelled["attempt"] >= 1 and relabelled["status"] == "FINISHED"
+    # Its harness, orphaned, ended by itself once its control connection was gone.
+    assert not [child for child in harnesses if alive(child)]
+
+    predictions, _ = rows(read_rows, out, "predictions")
+    errors, _ = rows(read_rows, out, "errors")
+    assert sorted(r["image_id"] for r in predictions + errors) == expected_ids(inputs)
+    assert_rows_equal(predictions, rows(read_rows, direct, "predictions")[0])
+    kinds = ", ".join(sorted({failure["exceptionName"].rsplit(".", 1)[-1] for failure in failures}))
+    print(
+        f"\nflink fault run: 41 inputs, 1 TaskManager SIGKILLed while labelling, {len(failures)} "
+        f"failure(s) recovered ({kinds}), "
+        f"labelling subtask at attempt {relabelled['attempt']}; replacement registered {replaced_s:.1f} s "
+        f"after the kill; job wall "
+        f"{job['duration'] / 1000:.1f} s, launcher wall {wall:.1f} s; rows: {len(predictions)} predictions + "
+        f"{len(errors)} errors, each input once"
     )
 
 
@@ -124,6 +389,7 @@ def test_stop_leaves_no_process_behind(cluster):
     stopped = cluster.script("stop")
     assert stopped.returncode == 0, stopped.stderr
     assert cluster.jvms() == []
+    assert cluster.harnesses() == []
     with pytest.raises(urllib.error.URLError):
         cluster.rest("/overview")
     status = cluster.script("status")

@@ -191,11 +191,14 @@ def test_unknown_arguments_are_refused(typo, message):
 
 def test_beam_flags_of_every_runner_pass(tmp_path):
     # Flags that only one runner reads are still known to Beam's option classes.
+    jar = tmp_path / "job-server.jar"
+    jar.touch()  # FlinkRunner is refused without a job server to start (test_flink.py)
     _, beam_args = parse_args(
         [
             *BASE,
             "--runner=FlinkRunner",
             "--flink_master=127.0.0.1:8081",
+            f"--flink_job_server_jar={jar}",
             "--parallelism=2",
             "--environment_type=EXTERNAL",
             "--environment_config=127.0.0.1:5000",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -154,8 +156,8 @@ def test_dataflow_gpu_config_sets_what_gpu_workers_need():
     assert all(uri.startswith("gs://") for uri in (*args.input, args.output, args.weights))
 
 
-def test_flink_config_runs_the_same_container():
-    args, options = beam_options("flink.yaml")
+def test_flink_cluster_config_runs_the_same_container():
+    args, options = beam_options("flink_cluster.yaml")
     assert options.view_as(StandardOptions).runner == "FlinkRunner"
     flink = options.view_as(FlinkRunnerOptions)
     assert flink.flink_master == "YOUR_JOBMANAGER_HOST:8081"
@@ -163,7 +165,26 @@ def test_flink_config_runs_the_same_container():
     portable = options.view_as(PortableOptions)
     assert portable.environment_type == "DOCKER"
     assert portable.environment_config.endswith(f"/{IMAGE}")
-    assert args.share_model is True
+    assert args.share_model is False  # one harness per TaskManager: nothing to share
+
+
+def test_flink_config_is_the_local_clusters_run_with_the_same_job_server():
+    # configs/flink.yaml is what tests/pipeline/test_flink.py runs; flink_cluster.yaml
+    # changes only where a real cluster differs.
+    _, local = beam_options("flink.yaml")
+    _, cluster = beam_options("flink_cluster.yaml")
+    flink, cluster_flink = local.view_as(FlinkRunnerOptions), cluster.view_as(FlinkRunnerOptions)
+    assert flink.flink_master == "127.0.0.1:8081"
+    assert (flink.flink_version, flink.flink_job_server_jar) == (
+        cluster_flink.flink_version,
+        cluster_flink.flink_job_server_jar,
+    )
+    portable = local.view_as(PortableOptions)
+    assert portable.environment_type == "PROCESS"
+    assert json.loads(portable.environment_config) == {"command": "scripts/flink_sdk_worker.sh"}
+    assert os.access(REPO / "scripts" / "flink_sdk_worker.sh", os.X_OK)
+    # Beam parses this flag as a string.
+    assert portable.sdk_worker_parallelism == cluster.view_as(PortableOptions).sdk_worker_parallelism == "1"
 
 
 # ---------------------------------------------------------------------------- Dockerfile
