@@ -10,8 +10,14 @@ ensure_venv() {
   local stamp="$venv/.installed-${extras:-base}-$(sha256sum setup.py | cut -c1-16)"
   if [ ! -f "$stamp" ]; then
     echo "==> installing the project${extras:+ with extras [$extras]} (first run takes a few minutes)"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e ".${extras:+[$extras]}"
+    # pip's and setuptools' own notices go to a log, shown only if the install fails.
+    local log="$venv/install.log"
+    if ! { "$venv/bin/python" -m pip install --upgrade pip \
+           && "$venv/bin/python" -m pip install -e ".${extras:+[$extras]}"; } >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      echo "error: installing the project failed; the whole log is $log" >&2
+      return 1
+    fi
     touch "$stamp"
   fi
   PY="$venv/bin/python"
