@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import run
+from pipeline import options, run
 from pipeline.inputs import image_id
 from pipeline.shards import FORMATS
 from tests.pipeline.conftest import BAD, GOOD
@@ -389,7 +389,7 @@ def test_unknown_field_is_one_error_line(fmt, flags, problem, npz_path, tmp_path
     assert not out.exists()
     # The fields that are there pass (with no other flag, each format's default image field).
     run.check_launch(
-        run.parse_args(
+        options.parse_args(
             ["--input_format", fmt, "--input", shard, "--output", str(out), "--weights", npz_path]
         )[0]
     )
