@@ -10,7 +10,7 @@ ensure_venv search  # the search extra: the README's next steps (index, search, 
 OUT=output/local
 if [ -n "${VGG16_WEIGHTS:-}" ]; then
   WEIGHTS="$VGG16_WEIGHTS"
-elif "$PY" -c "from vgg.weights import resolve_source; resolve_source('imagenet')" 2>/dev/null; then
+elif "$PY" -c "from vgg.weights import resolve_source; resolve_source('imagenet')" >/dev/null 2>&1; then
   WEIGHTS=imagenet
 else
   WEIGHTS=output/weights/vgg16_untrained_seed0.npz

@@ -93,9 +93,10 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("apache_beam", "absl", "tensorflow", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The job's own progress at INFO; everyone else's (Beam, TensorFlow) from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("pipeline", "vgg"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     try:
         run(argv)
     except USAGE_ERRORS as error:
