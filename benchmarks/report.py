@@ -218,6 +218,7 @@ RENDERERS = {
     "pca": "benchmarks.pca",
     "near_duplicates": "benchmarks.near_duplicates",
     "gpu": "benchmarks.gpu",
+    "shards": "benchmarks.shards",
 }
 
 

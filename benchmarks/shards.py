@@ -33,7 +33,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import results  # noqa: E402
+from benchmarks import results, tables  # noqa: E402
 from benchmarks.images import make_images  # noqa: E402
 
 SIZE = (640, 480)
@@ -197,25 +197,25 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> dict:
     }
 
 
-def table(found: dict) -> str:
-    header = f"{'layout':<28} {'files':>6} {'opened':>7}  {'read: wall s':>12} {'images/s':>9}"
-    if any("job" in layout for layout in found["layouts"].values()):
-        header += f"  {'job: wall s':>11} {'images/s':>9}"
-    lines = [results.machine_line(found["machine"]), header]
-    for name, layout in found["layouts"].items():
+def table(result: dict, markdown: bool = False) -> str:
+    """The printed table (or, with markdown, the docs' table) of a shards.json."""
+    with_job = any("job" in layout for layout in result["layouts"].values())
+    head = ("layout", "files", "opened", "read: wall s", "images/s")
+    head += ("job: wall s", "images/s") if with_job else ()
+    body = []
+    for name, layout in result["layouts"].items():
         read, job = layout["read"], layout.get("job")
-        line = (
-            f"{name:<28} {layout['files']:>6} {read['files_opened']:>7}  {read['wall_s']:>12.2f} "
-            f"{read['images_per_s']:>9.1f}"
-        )
-        if job:
-            line += f"  {job['wall_s']:>11.1f} {job['images_per_s']:>9.2f}"
-        lines.append(line)
-    lines.append(
-        f"{found['images']} photos of {found['size']}; best of {found['rounds']} round(s); 'opened': "
+        row = (name, str(layout["files"]), str(read["files_opened"]), f"{read['wall_s']:.2f}")
+        row += (f"{read['images_per_s']:.1f}",)
+        if with_job:
+            row += (f"{job['wall_s']:.1f}", f"{job['images_per_s']:.2f}") if job else ("", "")
+        body.append(row)
+    note = (
+        f"{result['images']} photos of {result['size']}; best of {result['rounds']} round(s); 'opened': "
         "FileSystems.open calls on the inputs in the read step, the launcher's included"
     )
-    return "\n".join(lines)
+    lines = [tables.table(head, body, markdown=markdown), "", note]
+    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
 
 
 def main(argv: list[str] | None = None) -> int:
