@@ -163,5 +163,5 @@ def test_report_refuses_what_is_not_a_results_file(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {path}: not a benchmark results file: 'benchmark' is 'nope', expected one of "
-        "['bench', 'decode', 'gpu', 'index_recall', 'near_duplicates', 'pca']"
+        "['bench', 'decode', 'gpu', 'index_recall', 'near_duplicates', 'pca', 'shards']"
     ]
