@@ -106,7 +106,7 @@ def table(result: dict, markdown: bool = False) -> str:
     ]
     intro = f"decode_image, resize=squash, one thread pinned to one core, best of {result['repeats']} runs"
     lines = [intro, "", tables.table(head, body, markdown=markdown)]
-    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
+    return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *lines])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,7 +238,7 @@ def table(result: dict, markdown: bool = False) -> str:
         f"'vs 4096-d' against exact 4096-d cosine; {queries} held-out queries"
     )
     body = [intro, "", tables.table(head, rows, markdown=markdown, align="lll" + "r" * 7)]
-    return "\n".join(body if markdown else [results.machine_line(result["machine"]), *body])
+    return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *body])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -159,7 +159,7 @@ def table(result: dict, markdown: bool = False) -> str:
     ]
     if w["untrained"]:
         lines += ["", UNTRAINED_NOTE]
-    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
+    return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *lines])
 
 
 UNTRAINED_NOTE = (

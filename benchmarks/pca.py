@@ -57,7 +57,7 @@ def table(result: dict, markdown: bool = False) -> str:
         f"{result['threads']} threads; numpy {result['machine']['numpy']}"
     )
     lines = [intro, "", tables.table(head, body, markdown=markdown)]
-    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
+    return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *lines])
 
 
 def main(argv: list[str] | None = None) -> int:

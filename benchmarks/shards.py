@@ -215,7 +215,7 @@ def table(result: dict, markdown: bool = False) -> str:
         "FileSystems.open calls on the inputs in the read step, the launcher's included"
     )
     lines = [tables.table(head, body, markdown=markdown), "", note]
-    return "\n".join(lines if markdown else [results.machine_line(result["machine"]), *lines])
+    return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *lines])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def test_best_decode_time_in_both_modes(tmp_path):
     assert 0 < draft < full
 
 
-def test_rows_group_the_files_and_give_each_mode_its_range():
+def test_rows_group_the_files_and_give_each_mode_its_range(machine, machine_line):
     entries = [
         {"group": "bundled photo", "bytes": 100_000, "draft_ms": 3.0, "full_ms": 4.0},
         {"group": "bundled photo", "bytes": 250_000, "draft_ms": 6.0, "full_ms": 6.5},
@@ -39,8 +39,10 @@ def test_rows_group_the_files_and_give_each_mode_its_range():
         {"input": "12 MP JPEG q90, heavy noise", "files": 1, "mb": [4.2, 4.2], "draft_ms": [41.0, 41.0],
          "full_ms": [122.0, 122.0]},
     ]  # fmt: skip
-    result = {"repeats": 5, "rows": rows}
+    result = {"repeats": 5, "rows": rows, "machine": machine}
     assert decode.table(result, markdown=True).splitlines() == [
+        machine_line,
+        "",
         "decode_image, resize=squash, one thread pinned to one core, best of 5 runs",
         "",
         "| input | files | MB | draft=True ms | draft=False ms |",

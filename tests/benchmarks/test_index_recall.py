@@ -9,7 +9,7 @@ import sys
 from benchmarks.index_recall import table
 
 
-def test_an_exact_index_has_recall_one_and_its_figures_go_to_json(tmp_path):
+def test_an_exact_index_has_recall_one_and_its_figures_go_to_json(tmp_path, machine, machine_line):
     path = tmp_path / "run.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.index_recall", "--n", "3000", "--dim", "0", "--queries", "20",
@@ -25,7 +25,9 @@ def test_an_exact_index_has_recall_one_and_its_figures_go_to_json(tmp_path):
     assert run["recall_vs_full"] is None  # no PCA: the index's space is the 4096-d space
     assert run["ms_single_query"] > 0 and run["ms_per_query_batch"] > 0 and run["peak_rss_mib"] > 0
     assert "recall@10 vs exact search in the index's space: 1.0000" in done.stdout
-    result = {"machine": None, "runs": {"exact, 3,000": run}}
+    result = {"machine": machine, "runs": {"exact, 3,000": run}}
     rows = table(result, markdown=True).splitlines()
+    assert rows[:2] == [machine_line, ""]  # the machine opens every table
+    rows = rows[2:]
     assert rows[2].startswith("| run | index | search params | recall@10 | vs 4096-d | B/vector |")
     assert rows[4].startswith("| exact, 3,000 | Flat |  | 1.0000 |  | ")
