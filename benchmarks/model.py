@@ -96,6 +96,24 @@ def bench_model(
     }
 
 
+def fastest(runs: list[dict]) -> dict:
+    """Several bench_model results of one precision as one: per batch size the fastest rate
+    (noise on a machine only ever slows a run), the shortest load; each run's rates kept."""
+    sizes = runs[0]["images_per_s"]
+    rates = {b: max((r["images_per_s"][b] for r in runs if r["images_per_s"][b]), default=None) for b in sizes}
+    best = max((r for r in rates.values() if r), default=0.0)
+    peaks = [r["peak_device_memory_gib"] for r in runs if r["peak_device_memory_gib"] is not None]
+    return {
+        **runs[0],
+        "load_s": min(r["load_s"] for r in runs),
+        "images_per_s": rates,
+        "best": best,
+        "gflop_per_s": best * FLOPS_PER_IMAGE / 1e9,
+        "peak_device_memory_gib": {b: max(p[b] or 0.0 for p in peaks) for b in sizes} if peaks else None,
+        "rounds": [r["images_per_s"] for r in runs],
+    }
+
+
 def in_subprocess(
     weights: str,
     batch_sizes: list[int],

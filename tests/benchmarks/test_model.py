@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.model import FLOPS_PER_IMAGE, bench_model
+from benchmarks.model import FLOPS_PER_IMAGE, bench_model, fastest
 
 
 def test_flops_per_image():
@@ -25,3 +25,16 @@ def test_bench_model_reports_rates_flops_and_the_device(npz_path):
     assert got["device"] == configure_devices()
     assert (got["peak_device_memory_gib"] is None) == (not got["device"].startswith("GPU"))
     assert (got["precision"], got["jit"]) == ("float32", False) and got["load_s"] > 0
+
+
+def test_fastest_keeps_each_batch_size_best_rate_and_every_round():
+    def run(b1, b16, load, device="CPU"):
+        return {"precision": "float32", "jit": False, "load_s": load, "images_per_s": {1: b1, 16: b16},
+                "best": max(b1, b16), "gflop_per_s": 0.0, "peak_device_memory_gib": None, "device": device}  # fmt: skip
+
+    # The second round was slowed at batch 16 (another process on the cores); the first at batch 1.
+    got = fastest([run(2.0, 4.0, 3.1), run(2.5, 2.3, 2.2)])
+    assert got["images_per_s"] == {1: 2.5, 16: 4.0} and got["best"] == 4.0 and got["load_s"] == 2.2
+    assert got["gflop_per_s"] == pytest.approx(4.0 * 30.940528640)
+    assert got["rounds"] == [{1: 2.0, 16: 4.0}, {1: 2.5, 16: 2.3}]
+    assert got["peak_device_memory_gib"] is None and got["device"] == "CPU"
