@@ -1,6 +1,6 @@
 """Every committed results file, regenerated in one command, one benchmark after another.
 
-    python -m benchmarks.all                       # about 45 minutes on an idle 2-core machine
+    python -m benchmarks.all                       # about 70 minutes on an idle 2-core (AVX2) machine
     python -m benchmarks.all --only decode,pca     # some of them
 
 Writes benchmarks/results/{decode,bench,index_recall,pca,near_duplicates,shards}.{json,txt} and
@@ -20,12 +20,12 @@ import time
 from benchmarks import results
 
 WEIGHTS = "vgg16_untrained.npz"  # in --out; what the bench synthesizes, and near_duplicates reads
-# name -> (module and its arguments, minutes on an idle 2-core machine, from the runs' own figures)
+# name -> (module and its arguments, minutes on an idle 2-core AVX2 machine, as the committed runs took)
 STEPS = {
     "decode": (["benchmarks.decode"], 1),
-    "bench": (["benchmarks.bench"], 22),
-    "index_recall": (["benchmarks.index_recall", "--suite"], 11),
-    "pca": (["benchmarks.pca"], 4),
+    "bench": (["benchmarks.bench"], 50),
+    "index_recall": (["benchmarks.index_recall", "--suite"], 9),
+    "pca": (["benchmarks.pca"], 3),
     "near_duplicates": (["benchmarks.near_duplicates", "--weights", "{out}/" + WEIGHTS], 1),
     "shards": (["benchmarks.shards", "--weights", "{out}/" + WEIGHTS], 6),
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -165,3 +167,16 @@ def test_report_refuses_what_is_not_a_results_file(tmp_path):
         f"error: {path}: not a benchmark results file: 'benchmark' is 'nope', expected one of "
         "['bench', 'decode', 'gpu', 'index_recall', 'near_duplicates', 'pca', 'shards']"
     ]
+
+
+def test_the_docs_tables_are_the_committed_results_rendered():
+    """Every table docs/benchmarks.md shows under a `benchmarks.report --markdown FILE` line is
+    that file rendered now: no figure in the docs is typed in by hand, none goes stale."""
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    docs = (repo / "docs" / "benchmarks.md").read_text()
+    shown = re.findall(r"^`python -m benchmarks\.report --markdown (benchmarks/results/\w+\.json)`:$", docs, re.M)
+    committed = sorted(p.relative_to(repo).as_posix() for p in (repo / "benchmarks" / "results").glob("*.json"))
+    assert sorted(shown) == committed  # each results file is shown, once
+    for name in shown:
+        rendered = render(json.loads((repo / name).read_text()), markdown=True)
+        assert f"`python -m benchmarks.report --markdown {name}`:\n\n{rendered}\n" in docs, name
