@@ -100,7 +100,9 @@ def fastest(runs: list[dict]) -> dict:
     """Several bench_model results of one precision as one: per batch size the fastest rate
     (noise on a machine only ever slows a run), the shortest load; each run's rates kept."""
     sizes = runs[0]["images_per_s"]
-    rates = {b: max((r["images_per_s"][b] for r in runs if r["images_per_s"][b]), default=None) for b in sizes}
+    rates = {
+        b: max((r["images_per_s"][b] for r in runs if r["images_per_s"][b]), default=None) for b in sizes
+    }
     best = max((r for r in rates.values() if r), default=0.0)
     peaks = [r["peak_device_memory_gib"] for r in runs if r["peak_device_memory_gib"] is not None]
     return {

@@ -105,7 +105,9 @@ def _weights_line(result: dict) -> str:
 def _rounds(n: int) -> str:
     if n == 1:
         return "1 round"
-    return f"{n} interleaved rounds (the bare model once in each), fastest wall per size and rate per batch size"
+    return (
+        f"{n} interleaved rounds (the bare model once in each), fastest wall per size and rate per batch size"
+    )
 
 
 def _rates(result: dict) -> list[tuple[str, ...]]:

@@ -30,7 +30,8 @@ def test_bench_model_reports_rates_flops_and_the_device(npz_path):
 def test_fastest_keeps_each_batch_size_best_rate_and_every_round():
     def run(b1, b16, load, device="CPU"):
         return {"precision": "float32", "jit": False, "load_s": load, "images_per_s": {1: b1, 16: b16},
-                "best": max(b1, b16), "gflop_per_s": 0.0, "peak_device_memory_gib": None, "device": device}  # fmt: skip
+                "best": max(b1, b16), "gflop_per_s": 0.0, "peak_device_memory_gib": None,
+                "device": device}  # fmt: skip
 
     # The second round was slowed at batch 16 (another process on the cores); the first at batch 1.
     got = fastest([run(2.0, 4.0, 3.1), run(2.5, 2.3, 2.2)])

@@ -174,8 +174,11 @@ def test_the_docs_tables_are_the_committed_results_rendered():
     that file rendered now: no figure in the docs is typed in by hand, none goes stale."""
     repo = pathlib.Path(__file__).resolve().parents[2]
     docs = (repo / "docs" / "benchmarks.md").read_text()
-    shown = re.findall(r"^`python -m benchmarks\.report --markdown (benchmarks/results/\w+\.json)`:$", docs, re.M)
-    committed = sorted(p.relative_to(repo).as_posix() for p in (repo / "benchmarks" / "results").glob("*.json"))
+    shown = re.findall(
+        r"^`python -m benchmarks\.report --markdown (benchmarks/results/\w+\.json)`:$", docs, re.M
+    )
+    results = repo / "benchmarks" / "results"
+    committed = sorted(p.relative_to(repo).as_posix() for p in results.glob("*.json"))
     assert sorted(shown) == committed  # each results file is shown, once
     for name in shown:
         rendered = render(json.loads((repo / name).read_text()), markdown=True)
