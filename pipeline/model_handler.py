@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, failpoints
 from pipeline.inputs import InputError, first_cause
 from vgg.architecture import PRECISIONS
 from vgg.hardware import precision_warning
@@ -133,6 +133,7 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
         model,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
+        failpoints.hit("label")
         probs, fc7 = model(np.stack(batch))
         return [PredictionResult(None, (p, f)) for p, f in zip(probs, fc7)]
 

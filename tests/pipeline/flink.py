@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import pathlib
@@ -10,9 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pipeline import failpoints
 from tests.conftest import REPO
 from tests.pipeline.servers import free_port
 
@@ -21,6 +26,21 @@ SCRIPT_TIMEOUT_S = 300  # a cold start installs Flink from PyPI first
 SETUP_TIMEOUT_S = 900  # a cold build downloads the job server's ~150 MB of jars
 HARNESS = "apache_beam.runners.worker.sdk_worker_main"  # what flink_sdk_worker.py becomes
 MODEL_READY = "VGG16 ready on"  # vgg.inference's line when a process has loaded the model
+REST_TIMEOUT_S = 30  # one REST call; a JobManager on a busy 2-core machine can take seconds
+REST_RETRY_S = 120  # how long a REST call is retried while the JobManager does not answer
+# A REST call that did not get through (nothing listening yet, a reset, a slow answer): try again.
+TRANSIENT = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+
+
+def wait_until(condition: Callable, timeout_s: float, what: str, *, every_s: float = 0.5):
+    """condition()'s first truthy value, polled every every_s; fails naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = condition()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:g} s"
+        time.sleep(every_s)
 
 
 def _setup(function: str, variable: str) -> str:
@@ -55,6 +75,11 @@ class Cluster:
     rpc_port: int
 
     @property
+    def gate(self) -> pathlib.Path:
+        """While this file exists, every SDK harness of the cluster holds its batches before the model."""
+        return self.folder / "hold-labelling"
+
+    @property
     def env(self) -> dict[str, str]:
         return dict(
             os.environ,
@@ -62,7 +87,45 @@ class Cluster:
             FLINK_REST_PORT=str(self.rest_port),
             FLINK_RPC_PORT=str(self.rpc_port),
             FLINK_CONF_DIR=str(self.folder / "conf"),
+            # The TaskManagers, and so the harnesses they start, see the failpoint; it does
+            # nothing until a test creates the gate (pipeline.failpoints).
+            **{failpoints.ENV: f"label=pause:{self.gate}"},
         )
+
+    @contextlib.contextmanager
+    def labelling_held(self):
+        """Within: a harness that reaches the model holds its batch there; released at exit."""
+        self.gate.touch()
+        try:
+            yield
+        finally:
+            self.gate.unlink(missing_ok=True)
+            for marker in self.folder.glob(f"{self.gate.name}.paused.*"):
+                marker.unlink(missing_ok=True)
+
+    def held_harnesses(self) -> set[int]:
+        """Live SDK harnesses holding a batch at the gate (the failpoint's markers name their pids)."""
+        pids = {
+            int(marker.name.rsplit(".", 1)[1]) for marker in self.folder.glob(f"{self.gate.name}.paused.*")
+        }
+        return {pid for pid in pids if alive(pid)}
+
+    def held_label_subtask(self, job_id: str) -> dict | None:
+        """A RUNNING subtask of the job's labelling stage whose TaskManager's harness holds a batch."""
+        label = self.vertex(job_id, "Label")
+        held = self.held_harnesses()
+        if label is None or not held:
+            return None
+        for subtask in label["subtasks"]:
+            if subtask["status"] == "RUNNING":
+                pid = self.taskmanager_pid(subtask["taskmanager-id"])
+                if held & set(children(pid)):
+                    return subtask
+        return None
+
+    def wait_for_no_harness(self, timeout_s: float = 300) -> None:
+        """Waits until no harness of earlier jobs is left: every harness seen next is the next job's."""
+        wait_until(lambda: not self.harnesses(), timeout_s, "SDK harnesses of earlier jobs still running")
 
     def script(self, command: str) -> subprocess.CompletedProcess:
         """scripts/flink_local.sh COMMAND for this cluster; stdout and stderr as text."""
@@ -75,11 +138,23 @@ class Cluster:
             timeout=SCRIPT_TIMEOUT_S,
         )
 
-    def rest(self, path: str, method: str = "GET"):
-        """`method` http://127.0.0.1:PORT/path, as parsed JSON."""
+    def rest(self, path: str, method: str = "GET", *, retry_s: float = REST_RETRY_S):
+        """`method` http://127.0.0.1:PORT/path, as parsed JSON; retried for retry_s while it does not answer.
+
+        An HTTP error status (404: no such job) is an answer and raised at once.
+        """
         request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}{path}", method=method)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S) as response:
+                    return json.load(response)
+            except urllib.error.HTTPError:
+                raise
+            except TRANSIENT:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5)
 
     def daemon_pids(self, daemon: str) -> list[int]:
         """Live pids from Flink's pid file for 'taskexecutor' or 'standalonesession'."""
@@ -131,19 +206,25 @@ class Cluster:
 
     def new_job(self, known: set[str], launcher: subprocess.Popen, timeout_s: float) -> str:
         """The id of the one job submitted since `known` was taken; fails if the launcher exits first."""
-        deadline = time.monotonic() + timeout_s
-        while not (new := self.job_ids() - known):
+
+        def submitted():
             assert launcher.poll() is None, (
                 f"the launcher exited with {launcher.returncode} before submitting"
             )
-            assert time.monotonic() < deadline, f"no job submitted within {timeout_s:g} s"
-            time.sleep(0.5)
-        (job_id,) = new
+            return self.job_ids() - known
+
+        (job_id,) = wait_until(submitted, timeout_s, "no job submitted")
         return job_id
 
-    def vertex(self, job_id: str, name_part: str) -> dict:
-        """The job's one vertex whose name holds `name_part` (status, metrics), with its "subtasks"."""
-        (vertex,) = [v for v in self.rest(f"/jobs/{job_id}")["vertices"] if name_part in v["name"]]
+    def vertex(self, job_id: str, name_part: str) -> dict | None:
+        """The job's one vertex whose name holds `name_part` (status, metrics), with its "subtasks".
+
+        None while the job's graph does not list it yet (a job just submitted has no vertices).
+        """
+        found = [v for v in self.rest(f"/jobs/{job_id}").get("vertices", []) if name_part in v["name"]]
+        if not found:
+            return None
+        (vertex,) = found
         return {**vertex, "subtasks": self.rest(f"/jobs/{job_id}/vertices/{vertex['id']}")["subtasks"]}
 
     def harness_logs(self) -> dict[int, int]:
@@ -155,15 +236,13 @@ class Cluster:
         return started
 
     def wait_for_job(self, job_id: str, states: set[str], timeout_s: float) -> dict:
-        """The job's details once its state is one of `states`; raises after timeout_s."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        """The job's details once its state is one of `states`; fails after timeout_s."""
+
+        def reached():
             job = self.rest(f"/jobs/{job_id}")
-            if job["state"] in states:
-                return job
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout_s:g} s")
-            time.sleep(0.5)
+            return job if job["state"] in states else None
+
+        return wait_until(reached, timeout_s, f"job {job_id} not in {sorted(states)}")
 
 
 def alive(pid: int) -> bool:
@@ -196,10 +275,14 @@ def environ(pid: int) -> dict[str, str]:
 
 
 def children(pid: int) -> list[int]:
-    try:
-        return [int(child) for child in pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    """The child processes of `pid`, whichever of its threads started them (a JVM forks from many)."""
+    found = []
+    for task in pathlib.Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return sorted(set(found))
 
 
 def rss_bytes(pid: int) -> int:

@@ -38,6 +38,7 @@ from tests.pipeline.flink import (
     children,
     job_server_jar,
     new_cluster,
+    wait_until,
 )
 from tests.pipeline.jobs import run_job
 
@@ -49,6 +50,8 @@ BAD = ("empty.jpg", "text.jpg", "half.jpg", "bad_crc.png", "image.ppm")  # from 
 # 6 sample photos x 6 widths + 5 bad files; every bad one fails at decode.
 SUMMARY = "summary: 41 inputs, 36 labelled, 5 failed (read 0, decode 5, inference 0)"
 LAUNCH_TIMEOUT_S = 600
+
+pytestmark = pytest.mark.flink
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +172,12 @@ def assert_rows_equal(ours, theirs):
             [x["score"] for x in mine["labels"]], [x["score"] for x in direct["labels"]], rtol=1e-4
         )
         np.testing.assert_allclose(mine["fc7"], direct["fc7"], rtol=1e-3, atol=1e-3)
+
+
+def labelling(cluster, job_id, launcher) -> dict | None:
+    """A labelling subtask whose harness holds a batch at the gate; fails once the launcher has exited."""
+    assert launcher.poll() is None, f"the launcher exited with {launcher.returncode} before labelling"
+    return cluster.held_label_subtask(job_id)
 
 
 def expected_ids(*folders) -> list[str]:
@@ -297,17 +306,18 @@ def test_resume_after_a_cancel_labels_the_rest_once(
     before = sorted(path.name for path in out.iterdir())
     args = flink_args(cluster, jar, [inputs, more], out, npz_path, "--resume")
 
+    # Every harness from here on is this job's; its labelling holds its first batch before
+    # the model until the gate goes, so the cancel lands mid-labelling however fast the machine.
+    cluster.wait_for_no_harness()
     known = cluster.job_ids()
-    with launched(args) as launcher:
-        job_id = cluster.new_job(known, launcher, timeout_s=300)
-        deadline = time.monotonic() + 300
-        while cluster.vertex(job_id, "Label")["status"] != "RUNNING":
-            assert time.monotonic() < deadline, "the labelling stage never ran"
-            time.sleep(0.5)
+    with cluster.labelling_held(), launched(args) as launcher:
+        job_id = cluster.new_job(known, launcher, timeout_s=LAUNCH_TIMEOUT_S)
+        wait_until(lambda: labelling(cluster, job_id, launcher), LAUNCH_TIMEOUT_S, "labelling never began")
         cluster.rest(f"/jobs/{job_id}?mode=cancel", method="PATCH")
-        job = cluster.wait_for_job(job_id, {"CANCELED", "FINISHED", "FAILED"}, timeout_s=120)
+        cluster.gate.unlink()  # a held bundle would keep its task from cancelling
+        job = cluster.wait_for_job(job_id, {"CANCELED", "FINISHED", "FAILED"}, timeout_s=LAUNCH_TIMEOUT_S)
         assert job["state"] == "CANCELED"
-        launcher.communicate(timeout=120)
+        launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
         assert launcher.returncode != 0
     # Cancelled before its shards were finalized: the output holds the first run's shards only.
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("beam-temp-")) == before
@@ -325,30 +335,21 @@ def test_resume_after_a_cancel_labels_the_rest_once(
 
 def test_labelling_survives_a_killed_taskmanager(cluster, jar, inputs, npz_path, direct, tmp_path, read_rows):
     out = tmp_path / "out"
-    ready_before = cluster.count_in_logs(MODEL_READY)
+    # Every harness from here on is this job's; each holds its first batch before the model
+    # until the gate goes, so the kill lands mid-labelling however fast or slow the machine.
+    cluster.wait_for_no_harness()
     known = cluster.job_ids()
     began = time.monotonic()
-    with launched(flink_args(cluster, jar, [inputs], out, npz_path)) as launcher:
-        job_id = cluster.new_job(known, launcher, timeout_s=300)
-
-        # Wait until both TaskManagers' harnesses have loaded the model, i.e. are labelling.
-        deadline = time.monotonic() + 300
-        while True:
-            ready = cluster.count_in_logs(MODEL_READY)
-            if sum(ready.get(tm, 0) > ready_before.get(tm, 0) for tm in ready) == TASKMANAGERS:
-                break
-            assert launcher.poll() is None and time.monotonic() < deadline, "the model never loaded on both"
-            time.sleep(0.5)
-        time.sleep(2)  # a few batches in: 20 images per TaskManager take 10 s or more on 2 cores
-        label = cluster.vertex(job_id, "Label")
-        victim = label["subtasks"][0]
-        assert victim["status"] == "RUNNING", (
-            "labelling ended before the kill; the test needs slower labelling"
+    with cluster.labelling_held(), launched(flink_args(cluster, jar, [inputs], out, npz_path)) as launcher:
+        job_id = cluster.new_job(known, launcher, timeout_s=LAUNCH_TIMEOUT_S)
+        victim = wait_until(
+            lambda: labelling(cluster, job_id, launcher), LAUNCH_TIMEOUT_S, "labelling never began"
         )
         pid = cluster.taskmanager_pid(victim["taskmanager-id"])
         harnesses = children(pid)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
+        cluster.gate.unlink()  # the other TaskManager labels on; the restarted attempt is not held
         # A standalone cluster does not replace a dead TaskManager; a cluster manager would.
         added = cluster.script("add-taskmanager")
         assert added.returncode == 0, added.stderr
@@ -367,8 +368,12 @@ def test_labelling_survives_a_killed_taskmanager(cluster, jar, inputs, npz_path,
     assert failures
     relabelled = cluster.vertex(job_id, "Label")["subtasks"][victim["subtask"]]
     assert relabelled["attempt"] >= 1 and relabelled["status"] == "FINISHED"
-    # Its harness, orphaned, ended by itself once its control connection was gone.
-    assert not [child for child in harnesses if alive(child)]
+    # Its harness, orphaned, ends by itself once its control connection is gone.
+    wait_until(
+        lambda: not [child for child in harnesses if alive(child)],
+        LAUNCH_TIMEOUT_S,
+        "an orphaned harness lives on",
+    )
 
     predictions, _ = rows(read_rows, out, "predictions")
     errors, _ = rows(read_rows, out, "errors")
@@ -391,6 +396,6 @@ def test_stop_leaves_no_process_behind(cluster):
     assert cluster.jvms() == []
     assert cluster.harnesses() == []
     with pytest.raises(urllib.error.URLError):
-        cluster.rest("/overview")
+        cluster.rest("/overview", retry_s=0)
     status = cluster.script("status")
     assert status.returncode == 3 and "not running" in status.stdout
