@@ -58,8 +58,10 @@ def _pause(name: str, gate: str) -> None:
     if not os.path.exists(gate):
         return
     marker = f"{gate}.paused.{os.getpid()}"
-    with open(marker, "w") as file:
+    # Written whole, then renamed into place: whoever sees the marker sees its content.
+    with open(f"{gate}.writing.{os.getpid()}", "w") as file:
         file.write(name)
+    os.replace(file.name, marker)
     log.info("failpoint %s: held while %s exists", name, gate)
     deadline = time.monotonic() + MAX_PAUSE_S
     while os.path.exists(gate) and time.monotonic() < deadline:
