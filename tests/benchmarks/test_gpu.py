@@ -64,6 +64,7 @@ def tiny_run(tmp_path_factory):
     return json.loads((folder / "results" / "gpu.json").read_text()), done.stdout, folder
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_has_every_step_of_the_gpu_run(tiny_run):
     result, stdout, folder = tiny_run
     assert (result["benchmark"], result["tiny_cpu"]) == ("gpu", True)

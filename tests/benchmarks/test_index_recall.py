@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.index_recall import table
+
+pytestmark = pytest.mark.slow
 
 
 def test_an_exact_index_has_recall_one_and_its_figures_go_to_json(tmp_path, machine, machine_line):

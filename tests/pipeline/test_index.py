@@ -158,6 +158,7 @@ def test_fit_pca_finds_the_principal_subspace():
         fit_pca(rows, 17)
 
 
+@pytest.mark.slow
 def test_pca_index_reduces_and_finds_each_vector_itself(synthetic_predictions, tmp_path):
     pattern, vectors = synthetic_predictions
     out = tmp_path / "pca"

@@ -76,6 +76,7 @@ def dists(tmp_path_factory):
     return sdist, wheel
 
 
+@pytest.mark.packaging
 def test_sdist_for_setup_file_has_every_module_and_the_class_names(dists):
     sdist, _ = dists
     with tarfile.open(sdist) as tar:
@@ -86,6 +87,7 @@ def test_sdist_for_setup_file_has_every_module_and_the_class_names(dists):
     assert {"setup.py", "README.md", "pyproject.toml"} <= names  # setup.py reads README.md
 
 
+@pytest.mark.packaging
 def test_wheel_has_every_module_and_the_class_names_and_nothing_else(dists):
     _, wheel = dists
     assert wheel.name == f"vgg16_beam-{vgg.__version__}-py3-none-any.whl"
@@ -95,6 +97,7 @@ def test_wheel_has_every_module_and_the_class_names_and_nothing_else(dists):
     assert packaged == source_files()  # no tests/, no configs/, no stray top-level modules
 
 
+@pytest.mark.packaging
 def test_sdist_installs_and_imports_like_on_a_worker(dists, tmp_path):
     # A worker pip-installs the tarball into its environment; here into a bare target folder,
     # put first on sys.path, and imported from a folder that is not the checkout.

@@ -12,10 +12,13 @@ import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.inputs import image_id
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.jobs import run_job
+
+pytestmark = pytest.mark.slow
 
 
 def read(read_rows, folder, name):

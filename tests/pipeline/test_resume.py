@@ -31,6 +31,7 @@ def photos_dir(tmp_path, names, *, bad=()):
     return folder
 
 
+@pytest.mark.slow
 def test_rerun_replaces_never_appends(tmp_path, npz_path, capsys, read_rows):
     folder = photos_dir(tmp_path, ["a.jpg", "b.jpg", "c.jpg", "x.jpg"], bad={"x.jpg"})
     out = tmp_path / "out"
@@ -48,6 +49,7 @@ def test_rerun_replaces_never_appends(tmp_path, npz_path, capsys, read_rows):
     assert read_rows(out, "errors")[0] == []
 
 
+@pytest.mark.slow
 def test_resume_labels_only_what_is_missing(tmp_path, npz_path, capsys, read_rows):
     # The first job "died" after a.jpg, b.jpg and the bad x.jpg; the resumed one is given
     # everything and must only open the rest.
@@ -85,6 +87,7 @@ def test_resume_labels_only_what_is_missing(tmp_path, npz_path, capsys, read_row
     ]
 
 
+@pytest.mark.slow
 def test_resume_retry_errors_drops_the_old_error_rows(tmp_path, npz_path, capsys, read_rows):
     folder = photos_dir(tmp_path, ["a.jpg", "b.jpg", "x.jpg"])
     other = photos_dir(tmp_path / "o", ["z.jpg"], bad={"z.jpg"})  # an input of the first run only

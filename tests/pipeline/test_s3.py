@@ -26,6 +26,8 @@ from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
 from tests.pipeline.servers import free_port, wait_listening
 
+pytestmark = pytest.mark.slow
+
 BUCKET = "photos"
 PHOTOS = ("coffee.jpg", "chelsea.png", "rocket.jpg")
 

@@ -120,6 +120,7 @@ def test_each_format_gives_the_rows_of_the_loose_files(
     }
 
 
+@pytest.mark.slow
 def test_real_vgg16_labels_a_tar_shard_as_the_loose_files(
     direct_run, photo_dir, npz_path, tmp_path, read_rows
 ):
@@ -255,6 +256,7 @@ def outcome(read_rows, out) -> dict:
     return rows
 
 
+@pytest.mark.slow
 def test_resume_reads_every_shard_but_labels_only_what_is_missing(
     photo_dir, npz_path, tmp_path, capsys, read_rows
 ):

@@ -135,6 +135,7 @@ def test_float32_input_model_agrees_with_uint8(predictor, photo_batch, synth):
     np.testing.assert_allclose(out["fc7"], fc7, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_loading_holds_one_copy_of_the_weights(npz_path):
     # The variables are 553 MB (138,357,544 float32). Loading the npz and one forward pass
     # measured +676 MB here. The two ways this regresses both cost ~+1.25 GB: reading fc6

@@ -113,6 +113,7 @@ def numpy_vgg16(image: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
     return probs / probs.sum(), fc7
 
 
+@pytest.mark.slow
 def test_numpy_reference_agrees(predictor, photo_batch, synth):
     want_probs, want_fc7 = numpy_vgg16(photo_batch[0], synth)
     probs, fc7 = predictor(photo_batch[:1])
