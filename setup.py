@@ -34,6 +34,8 @@ setup(
         "pyarrow>=14",
         "h5py>=3.10",
         "pyyaml>=6",
+        # CRC32C of TFRecord frames (pipeline.shard_readers); Beam's gcp extra brings it too.
+        "google-crc32c>=1.5",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],

@@ -7,18 +7,18 @@ API; the rules (keys, uris, error types) are documented there.
 
 from __future__ import annotations
 
-import io
 import itertools
 import re
+import struct
 import tarfile
 import zlib
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
+import google_crc32c
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.tfrecordio import _TFRecordUtil
 
 # A WebDataset sample's image: the first member (in tar order) with one of these suffixes.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -193,41 +193,99 @@ def _split_name(name: str) -> tuple[str | None, str | None]:
 # -- tfrecord
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int, skipped: bool):
-        super().__init__(size)
-        self.size, self.skipped = size, skipped
+# tf.io.TFRecordWriter's framing of each record (tensorflow/core/lib/io/record_writer.cc): the
+# length (uint64) and its masked CRC32C, the data, the data's masked CRC32C; little-endian.
+_FRAME_HEADER = struct.Struct("<QI")
+_FRAME_FOOTER = struct.Struct("<I")
+_CRC_MASK_DELTA = 0xA282EAD8
 
 
-class _Records:
-    """The shard's handle as Beam's TFRecord reader sees it, with the size cap and its progress.
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's checksum of `data`: its CRC32C rotated right by 15 bits, plus a constant.
 
-    _TFRecordUtil.read_record reads a record in two calls: the 12-byte length header
-    (checked against its CRC), then the data and the data's CRC. Watching them tells a
-    record whose data fails its CRC (the stream is at the next record: only it is lost)
-    from a bad header or a short read (the framing is lost, and the rest of the shard),
-    and lets a record over the cap be skipped in 1 MiB reads instead of being held.
+    The mask keeps a CRC computed over data that itself holds CRCs from being trivially
+    related to them (TensorFlow's crc32c::Mask).
+    """
+    crc = google_crc32c.value(data)  # C when available; the package falls back to pure Python
+    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+class FrameError(ValueError):
+    """A TFRecord frame that cannot be read; the subclass says what is lost with it."""
+
+
+class TruncatedFrame(FrameError):
+    """The stream ends inside a frame: this record and the framing of the rest are lost."""
+
+
+class BadLength(FrameError):
+    """A frame's length fails its CRC: no later frame can be found, so the rest is lost."""
+
+
+class BadData(FrameError):
+    """A frame's data fails its CRC. The length framed it, so only this record is lost."""
+
+
+class FrameTooLarge(FrameError):
+    """A record over the size cap, skipped unread (the stream is at the next frame)."""
+
+    def __init__(self, size: int):
+        super().__init__(f"a record of {size} bytes")
+        self.size = size
+
+
+class TFRecordFrames:
+    """The records of a TFRecord stream, one at a time, each checked against both of its CRCs.
+
+    Reads a frame's 12-byte header, then its data and CRC: nothing past the record being
+    returned. A record over `max_bytes` (None: no cap) is skipped in 1 MiB reads instead of
+    being held. `position` is the byte offset of the next frame in the (decompressed) stream.
     """
 
-    def __init__(self, handle, max_bytes: int):
+    def __init__(self, handle: BinaryIO, max_bytes: int | None = None):
         self._handle = handle
         self._max = max_bytes
         self.position = 0
-        self.start = 0
-        self.calls = 0
-        self.short = False
 
-    def next_record(self) -> None:
-        self.start, self.calls, self.short = self.position, 0, False
+    def read(self) -> bytes | None:
+        """The next record's data, or None where the stream ends cleanly (between frames).
 
-    def read(self, size: int) -> bytes:
-        self.calls += 1
-        if self.calls == 2 and size - 4 > self._max:
-            raise _TooLarge(size - 4, self._skip(size))
-        data = self._handle.read(size)
-        self.position += len(data)
-        self.short = len(data) < size
+        Raises:
+            TruncatedFrame, BadLength: the rest of the stream cannot be read.
+            BadData, FrameTooLarge: this record is lost; the next read gives the next one.
+        """
+        header = self._read(_FRAME_HEADER.size)
+        if not header:
+            return None
+        if len(header) < _FRAME_HEADER.size:
+            raise TruncatedFrame(f"{len(header)} of the {_FRAME_HEADER.size} header bytes")
+        length, length_crc = _FRAME_HEADER.unpack(header)
+        if masked_crc32c(header[:8]) != length_crc:
+            raise BadLength(f"header {header.hex()}")
+        framed = length + _FRAME_FOOTER.size
+        if self._max is not None and length > self._max:
+            if not self._skip(framed):
+                raise TruncatedFrame(f"the stream ends inside a record of {length} bytes")
+            raise FrameTooLarge(length)
+        data = self._read(length)  # read apart from its CRC: slicing them apart would copy it
+        footer = self._read(_FRAME_FOOTER.size) if len(data) == length else b""
+        if len(footer) < _FRAME_FOOTER.size:
+            raise TruncatedFrame(f"{len(data) + len(footer)} of the {framed} bytes of data and CRC")
+        if masked_crc32c(data) != _FRAME_FOOTER.unpack(footer)[0]:
+            raise BadData(f"a record of {length} bytes")
         return data
+
+    def _read(self, size: int) -> bytes:
+        """Up to `size` bytes: fewer only at the end of the stream (a read may return less)."""
+        chunks, left = [], size
+        while left:
+            chunk = self._handle.read(left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        self.position += size - left
+        return b"".join(chunks)
 
     def _skip(self, size: int) -> bool:
         while size > 0:
@@ -248,25 +306,22 @@ def _example_type():
 def read_tfrecord(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Member | Failure]:
     example_type = _example_type()
     uris = _Uris(shard, track=key_field is not None)
-    records = _Records(handle, max_bytes)
+    frames = TFRecordFrames(handle, max_bytes)
     for index in itertools.count():
-        records.next_record()
-        where = f"in record {index} (at byte {records.start})"
+        start = frames.position
+        where = f"in record {index} (at byte {start})"
         try:
-            record = _TFRecordUtil.read_record(records)
-        except _TooLarge as error:
-            if not error.skipped:
-                yield _damaged(shard, where, "the file ends inside it", index, "record(s)")
-                return
+            record = frames.read()
+        except FrameTooLarge as error:
             yield _too_large(uris(str(index)), f"record {index}", error.size, max_bytes)
             continue
-        except ValueError:
-            if records.calls == 2 and not records.short:  # framed, but the data fails its CRC
-                uri = uris(str(index))
-                message = f"{uri}: record {index} (byte {records.start}): its data fails its checksum (CRC)"
-                yield Failure(uri, "read", "bad_record", message)
-                continue
-            what = "the file ends inside it" if records.short else "its length fails its checksum (CRC)"
+        except BadData:  # framed by its length: only this record is lost
+            uri = uris(str(index))
+            message = f"{uri}: record {index} (byte {start}): its data fails its checksum (CRC)"
+            yield Failure(uri, "read", "bad_record", message)
+            continue
+        except FrameError as error:  # no later frame can be found: the rest of the shard is lost
+            what = "the file ends inside it" if isinstance(error, TruncatedFrame) else _BAD_LENGTH
             yield _damaged(shard, where, what, index, "record(s)")
             return
         except zlib.error as error:  # a `.gz` shard whose compressed stream is corrupt
@@ -275,6 +330,9 @@ def read_tfrecord(shard: str, handle, image_field, key_field, max_bytes) -> Iter
         if record is None:
             return
         yield _example_item(record, index, example_type, uris, image_field, key_field)
+
+
+_BAD_LENGTH = "its length fails its checksum (CRC)"
 
 
 def _example_item(record: bytes, index: int, example_type, uris: _Uris, image_field, key_field):
@@ -430,7 +488,7 @@ def _parquet_field_problem(handle, image_field, key_field) -> str | None:
 
 def _first_features(handle) -> list[str] | None:
     try:
-        record = _TFRecordUtil.read_record(handle)
+        record = TFRecordFrames(handle).read()
         features = _example_type().FromString(record).features.feature if record is not None else None
     except Exception:  # a damaged first record, or not an Example: the job's rows will say so
         return None
@@ -475,11 +533,7 @@ def is_tar(head: bytes) -> bool:
 
 def is_tfrecord(head: bytes) -> bool:
     """Whether the first record's length header passes its CRC (the data may go on past head)."""
-    records = _Records(io.BytesIO(head), max_bytes=len(head))
-    records.next_record()
-    try:
-        return _TFRecordUtil.read_record(records) is not None
-    except _TooLarge:
-        return True
-    except ValueError:
-        return records.calls == 2
+    if len(head) < _FRAME_HEADER.size:
+        return False
+    _, length_crc = _FRAME_HEADER.unpack_from(head)
+    return masked_crc32c(head[:8]) == length_crc
