@@ -1,17 +1,26 @@
-"""Readers and writers for the two VGG16 weight files users have: the seed's npz and Keras' h5.
+"""Readers and writers for the VGG16 weight files users have: the seed's npz, Keras' h5, a Keras 3 `.keras`.
 
 Each format is one `WeightFormat` in `FORMATS` (how to recognise, read, write and label
 it); `vgg.weights` dispatches through that registry and never names a format itself.
-Both map to one in-memory form, `Weights`: our layer name -> (kernel, bias) as float32,
+All map to one in-memory form, `Weights`: our layer name -> (kernel, bias) as float32,
 with conv1_1 taking RGB input. The npz is already RGB; Keras' h5 expects BGR input
 ("caffe" preprocessing), so its conv1_1 kernel has its input-channel axis reversed on
-the way in and out. Everything is read as plain arrays: never pickles, never model code.
+the way in and out. A `.keras` archive holds either this project's model (`vgg.model`,
+RGB) or `keras.applications.VGG16` (BGR), told by its layer names; it is read, not
+written. Everything is read as plain arrays: never pickles, never model code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import json
 import math
+import re
+import shutil
+import struct
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -288,33 +297,49 @@ def iter_h5(source: str | BinaryIO, name: str, *, block_bytes: int | None = None
     """
     try:
         with h5py.File(source, "r") as root:
-            found = {}
-            for keras_layer, datasets in _h5_arrays(root, name):
-                if keras_layer in KERAS_NAMES and len(datasets) != 2:
-                    raise WeightsError(
-                        f"{name}: layer {keras_layer!r} has {len(datasets)} weights; "
-                        "expected 2 (kernel, bias)."
-                    )
-                found[keras_layer] = datasets
-            _check_keys(name, set(found), set(KERAS_NAMES), "layer")
-            for keras_layer, datasets in found.items():
-                shapes = WEIGHT_SHAPES[KERAS_NAMES[keras_layer]]
-                for part, dataset, shape in zip("Wb", datasets, shapes):
-                    _check_array(name, keras_layer, part, tuple(dataset.shape), dataset.dtype, shape)
-            for layer in LAYER_NAMES:
-                kernel_data, bias_data = found[OUR_TO_KERAS[layer]]
-                rows = _rows_per_block(kernel_data.shape, block_bytes)
-                if layer == "conv1_1":  # tiny, and its channel axis needs reversing
-                    kernel = swap_rgb_bgr(_float32(kernel_data[()]))
-                elif rows is None:
-                    kernel = _float32(kernel_data[()])
-                else:
-                    kernel = RowBlocks(kernel_data.shape, rows, lambda a, b, d=kernel_data: d[a:b], name)
-                yield layer, kernel, _float32(bias_data[()])
+            found = dict(_h5_arrays(root, name))
+            yield from _dataset_layers(found, KERAS_NAMES, name, block_bytes, bgr=True)
     except WeightsError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
+
+
+def _dataset_layers(
+    found: dict[str, list[h5py.Dataset]],
+    to_ours: dict[str, str],
+    name: str,
+    block_bytes: int | None,
+    *,
+    bgr: bool,
+) -> Iterator[Layer]:
+    """(our layer, kernel, bias) from HDF5 datasets keyed by the file's layer names.
+
+    Every layer's presence, count of weights, shapes and dtypes are checked before the
+    first is yielded; `to_ours` maps the file's names to ours; `bgr`: conv1_1 expects BGR.
+    """
+    for file_layer, datasets in found.items():
+        if file_layer in to_ours and len(datasets) != 2:
+            raise WeightsError(
+                f"{name}: layer {file_layer!r} has {len(datasets)} weights; expected 2 (kernel, bias)."
+            )
+    _check_keys(name, set(found), set(to_ours), "layer")
+    for file_layer, datasets in found.items():
+        shapes = WEIGHT_SHAPES[to_ours[file_layer]]
+        for part, dataset, shape in zip("Wb", datasets, shapes):
+            _check_array(name, file_layer, part, tuple(dataset.shape), dataset.dtype, shape)
+    from_ours = {ours: file_layer for file_layer, ours in to_ours.items()}
+    for layer in LAYER_NAMES:
+        kernel_data, bias_data = found[from_ours[layer]]
+        rows = _rows_per_block(kernel_data.shape, block_bytes)
+        if layer == "conv1_1":  # tiny, and read whole in case its channel axis needs reversing
+            kernel = _float32(kernel_data[()])
+            kernel = swap_rgb_bgr(kernel) if bgr else kernel
+        elif rows is None:
+            kernel = _float32(kernel_data[()])
+        else:
+            kernel = RowBlocks(kernel_data.shape, rows, lambda a, b, d=kernel_data: d[a:b], name)
+        yield layer, kernel, _float32(bias_data[()])
 
 
 def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2") -> None:
@@ -360,6 +385,161 @@ def mark_h5_untrained(path: str) -> None:
     """Adds the UNTRAINED mark to an h5: a root attribute named `UNTRAINED_MARK`."""
     with h5py.File(path, "a") as root:
         root.attrs[UNTRAINED_MARK] = _UNTRAINED_NOTE
+
+
+# ------------------------------------------------------------------------- .keras
+
+# What tells a Keras 3 archive (`model.save("m.keras")`) from other zips, such as an npz.
+KERAS_ARCHIVE_MEMBERS = ("config.json", "metadata.json")
+KERAS_WEIGHTS_MEMBER = "model.weights.h5"
+_ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature; name and extra field lengths at 26
+
+
+def is_keras_archive(source: str | BinaryIO) -> bool:
+    """Whether a file is a zip holding Keras 3's config.json and metadata.json (read: the listing)."""
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return set(KERAS_ARCHIVE_MEMBERS) <= set(archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
+    finally:
+        if not isinstance(source, str):
+            source.seek(0)
+
+
+def _snake_case(class_name: str) -> str:
+    """keras.src.utils.naming.to_snake_case: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_layer_groups(config: dict, name: str) -> dict[str, str]:
+    """Layer name -> its group in model.weights.h5, as Keras 3's saver names the groups.
+
+    The saver keys a model's layers by class, numbered in the order of `model.layers`
+    (`layers/conv2d`, `layers/conv2d_1`, ...), not by their names, which it calls not
+    reproducible (keras/src/saving/saving_lib.py); config.json lists them in that order.
+    """
+    layers = config.get("config", {}).get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        raise WeightsError(f"{name}: its config.json lists no layers; not a saved Keras model of layers.")
+    groups, used = {}, {}
+    for layer in layers:
+        key = _snake_case(layer["class_name"])
+        used[key] = used.get(key, -1) + 1
+        groups[layer["config"]["name"]] = f"layers/{key}" + (f"_{used[key]}" if used[key] else "")
+    return groups
+
+
+def _keras_arrays(root: h5py.File, groups: dict[str, str], name: str) -> dict[str, list[h5py.Dataset]]:
+    """Layer name -> its variables in saved order, for each layer of the model that has any."""
+    found = {}
+    for layer, group in groups.items():
+        variables = root.get(f"{group}/vars")
+        if variables is None:
+            continue  # a layer without variables (pooling, flatten, this project's Preprocess)
+        saved_as = variables.attrs.get("name")  # newer Keras also records the layer's name
+        saved_as = saved_as.decode("utf8") if isinstance(saved_as, bytes) else saved_as
+        if saved_as is not None and saved_as != layer:
+            raise WeightsError(
+                f"{name}: config.json and {KERAS_WEIGHTS_MEMBER} disagree: {group} holds layer "
+                f"{saved_as!r}, expected {layer!r}."
+            )
+        datasets = [variables[key] for key in sorted(variables, key=int)]
+        if datasets:
+            found[layer] = datasets
+    return found
+
+
+class _Slice(io.RawIOBase):
+    """Bytes [start, start + size) of a seekable file as a file of their own: a stored zip member.
+
+    h5py reads a file by seeking all over it; through zipfile, every backward seek in a
+    member restarts it from its first byte.
+    """
+
+    def __init__(self, handle: BinaryIO, start: int, size: int):
+        self._handle, self._start, self._size, self._at = handle, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def readinto(self, buffer) -> int:
+        wanted = max(0, min(len(buffer), self._size - self._at))
+        if not wanted:
+            return 0
+        self._handle.seek(self._start + self._at)
+        got = self._handle.readinto(memoryview(buffer)[:wanted]) or 0
+        self._at += got
+        return got
+
+
+@contextlib.contextmanager
+def _member_file(source: str | BinaryIO, archive: zipfile.ZipFile, member: zipfile.ZipInfo):
+    """A seekable file of one zip member: a view of the archive where it is stored, else a copy."""
+    if member.compress_type != zipfile.ZIP_STORED:  # Keras stores it; a re-zipped file may not
+        with tempfile.TemporaryFile() as copy, archive.open(member) as data:
+            shutil.copyfileobj(data, copy, 1 << 20)
+            copy.seek(0)
+            yield copy
+        return
+    with contextlib.ExitStack() as stack:
+        handle = stack.enter_context(open(source, "rb")) if isinstance(source, str) else source
+        handle.seek(member.header_offset)
+        signature, name_length, extra_length = _ZIP_LOCAL_HEADER.unpack(handle.read(_ZIP_LOCAL_HEADER.size))
+        if signature != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"no local header for {member.filename} at byte {member.header_offset}")
+        start = member.header_offset + _ZIP_LOCAL_HEADER.size + name_length + extra_length
+        yield _Slice(handle, start, member.file_size)
+
+
+def iter_keras(source: str | BinaryIO, name: str, *, block_bytes: int | None = None) -> Iterator[Layer]:
+    """Yields (our layer, kernel, bias) from a Keras 3 `.keras` archive, checked in full first.
+
+    The weights are model.weights.h5 inside the zip, read in place (Keras stores it
+    uncompressed) and mapped to layers through config.json. A model with this project's
+    layer names (`vgg.model`: conv1_1 ... fc8) is RGB; one with keras.applications'
+    (block1_conv1 ... predictions) is BGR, as its h5 is. Only the arrays are read: the
+    config is never turned into a model, so no layer code runs.
+    """
+    try:
+        with zipfile.ZipFile(source) as archive:
+            members = set(archive.namelist())
+            if KERAS_WEIGHTS_MEMBER not in members:
+                sharded = (
+                    " (sharded weights: save the model without max_shard_size)"
+                    if any(m.endswith(".json") and m.startswith("model.weights") for m in members)
+                    else ""
+                )
+                raise WeightsError(f"{name}: a Keras archive without {KERAS_WEIGHTS_MEMBER}{sharded}.")
+            groups = _keras_layer_groups(json.loads(archive.read("config.json")), name)
+            ours = set(LAYER_NAMES) & set(groups)
+            to_ours = {layer: layer for layer in LAYER_NAMES} if ours else KERAS_NAMES
+            member = archive.getinfo(KERAS_WEIGHTS_MEMBER)
+            with _member_file(source, archive, member) as weights, h5py.File(weights, "r") as root:
+                found = _keras_arrays(root, groups, name)
+                yield from _dataset_layers(found, to_ours, name, block_bytes, bgr=not ours)
+    except WeightsError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError, TypeError, AttributeError) as error:
+        raise WeightsError(f"{name}: not a readable Keras archive ({error}).") from error
+
+
+def _not_marked(path: str) -> bool:
+    """A `.keras` file never carries the UNTRAINED mark: this package does not write one."""
+    return False
 
 
 # ------------------------------------------------------------------------- checks
@@ -420,9 +600,12 @@ class WeightFormat:
       layers: (source, name, *, block_bytes) -> (layer, kernel, bias) per layer, after
         the whole file's keys, shapes and dtypes are checked.
       write: (weights, target, *, naming) -> None; naming picks the weight names where
-        the format has several (h5; see `H5_NAMINGS`).
+        the format has several (h5; see `H5_NAMINGS`). None: read, never written.
       is_untrained: path -> whether the file carries the UNTRAINED mark.
       mark_untrained: path -> None; adds that mark to a file `write` wrote.
+      claims: for a format whose magic another shares (a `.keras` and an npz are both
+        zips): source -> whether the file is this one, from a look inside it. The format
+        sharing the magic without `claims` takes the files no other claims.
     """
 
     name: str
@@ -430,9 +613,10 @@ class WeightFormat:
     magic: bytes
     extensions: tuple[str, ...]
     layers: Callable[..., Iterator[Layer]]
-    write: Callable[..., None]
+    write: Callable[..., None] | None
     is_untrained: Callable[[str], bool]
-    mark_untrained: Callable[[str], None]
+    mark_untrained: Callable[[str], None] | None
+    claims: Callable[[str | BinaryIO], bool] | None = None
 
     def read(self, source: str | BinaryIO, name: str) -> Weights:
         """Reads and checks a whole file into memory (RGB conv1_1, float32)."""
@@ -456,21 +640,44 @@ FORMATS: dict[str, WeightFormat] = {
             name="h5",
             title="an HDF5",
             magic=H5_MAGIC,
-            extensions=(".h5", ".hdf5", ".keras"),
+            extensions=(".h5", ".hdf5"),
             layers=iter_h5,
             write=write_h5,
             is_untrained=h5_is_untrained,
             mark_untrained=mark_h5_untrained,
         ),
+        WeightFormat(
+            name="keras",
+            title="a Keras 3 .keras (zip)",
+            magic=NPZ_MAGIC,  # a zip, told from an npz by its members (claims)
+            extensions=(".keras",),
+            layers=iter_keras,
+            write=None,  # a .keras is a whole model: Keras writes it (model.save), not this package
+            is_untrained=_not_marked,
+            mark_untrained=None,
+            claims=is_keras_archive,
+        ),
     )
 }
+# The formats this package writes (synth, convert); the others it only reads.
+WRITABLE_FORMATS: tuple[str, ...] = tuple(name for name, fmt in FORMATS.items() if fmt.write is not None)
 # Bytes to read from the start of a file to tell its format.
 SNIFF_BYTES = max(len(fmt.magic) for fmt in FORMATS.values())
 
 
-def sniff_format(head: bytes) -> WeightFormat | None:
-    """The format whose magic `head` (a file's first SNIFF_BYTES bytes) starts with, or None."""
-    return next((fmt for fmt in FORMATS.values() if head.startswith(fmt.magic)), None)
+def sniff_format(head: bytes, source: str | BinaryIO | None = None) -> WeightFormat | None:
+    """The format whose magic `head` (a file's first SNIFF_BYTES bytes) starts with, or None.
+
+    Where formats share the magic (the zips: an npz, a `.keras`), the one that claims the
+    file `source` (its path or open file) is; without source, or claimed by none, the one
+    that makes no claims.
+    """
+    matching = [fmt for fmt in FORMATS.values() if head.startswith(fmt.magic)]
+    if source is not None:
+        claimed = next((fmt for fmt in matching if fmt.claims is not None and fmt.claims(source)), None)
+        if claimed is not None:
+            return claimed
+    return next((fmt for fmt in matching if fmt.claims is None), None)
 
 
 def format_for_name(path: str) -> WeightFormat | None:

@@ -1,13 +1,15 @@
 """One entry point for VGG16 weights: read any supported file, check it, load it, synthesize, convert.
 
-Sources: a local path to the seed's npz or to Keras' h5 (the format is sniffed from the
-file's first bytes, not its name), or "imagenet" for Keras' hash-checked download of the
-genuine weights. Synthesized weights are random: deterministic, in the real layouts, and
-never trained, so the labels they give are meaningless. Everything format-specific is in
-`vgg.weight_formats`; this module goes through its `FORMATS` registry.
+Sources: a local path to the seed's npz, to Keras' h5 or to a Keras 3 `.keras` model (the
+format is sniffed from the file's bytes, not its name), or "imagenet" for Keras'
+hash-checked download of the genuine weights. Synthesized weights are random:
+deterministic, in the real layouts, and never trained, so the labels they give are
+meaningless. Everything format-specific is in `vgg.weight_formats`; this module goes
+through its `FORMATS` registry.
 
     python -m vgg.weights synth --format npz --seed 0 --out /tmp/vgg16_untrained.npz
     python -m vgg.weights convert vgg16_weights.npz vgg16_weights.h5
+    python -m vgg.weights convert my_vgg16.keras vgg16_weights.npz
     python -m vgg.weights inspect vgg16_weights_tf_dim_ordering_tf_kernels.h5
 """
 
@@ -30,6 +32,7 @@ from vgg.weight_formats import (
     FORMATS,
     H5_NAMINGS,
     SNIFF_BYTES,
+    WRITABLE_FORMATS,
     Layer,
     WeightFormat,
     Weights,
@@ -140,12 +143,12 @@ def _open_checked(source: str, sha256: str | None) -> tuple[str, WeightFormat, s
             f"{path}: sha256 is {digest}, expected {sha256.lower()}; refusing a file "
             "that is not the one asked for."
         )
-    fmt = sniff_format(head)
+    fmt = sniff_format(head, path)
     if fmt is None:
-        kinds = " nor ".join(f.title for f in FORMATS.values())
+        titles = [f.title for f in FORMATS.values()]
         raise WeightsError(
-            f"{path}: neither {kinds} file (starts with {head!r}); "
-            "pass the seed's vgg16_weights.npz or Keras' VGG16 .h5."
+            f"{path}: not {', '.join(titles[:-1])} or {titles[-1]} file (starts with {head!r}); "
+            "pass the seed's vgg16_weights.npz, Keras' VGG16 .h5 or a model Keras saved (.keras)."
         )
     return path, fmt, digest
 
@@ -201,8 +204,8 @@ def stream_weights(
 
 def save_weights(weights: Weights, path: str, *, format: str, naming: str = "keras2") -> None:
     """Writes weights in one of the real layouts ("npz": the seed's; "h5": Keras')."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {tuple(FORMATS)}. Received: format={format!r}")
+    if format not in WRITABLE_FORMATS:
+        raise ValueError(f"format must be one of {WRITABLE_FORMATS}. Received: format={format!r}")
     FORMATS[format].write(check_weights(weights, path), path, naming=naming)
 
 
@@ -250,9 +253,13 @@ def _format_for(path: str, given: str | None) -> str:
     if given:
         return given
     fmt = format_for_name(path)
+    choices = "|".join(WRITABLE_FORMATS)
     if fmt is None:
+        raise SystemExit(f"error: cannot tell the format of {path!r} from its name; pass --format {choices}")
+    if fmt.name not in WRITABLE_FORMATS:
         raise SystemExit(
-            f"error: cannot tell the format of {path!r} from its name; pass --format {'|'.join(FORMATS)}"
+            f"error: {path!r} names {fmt.title} file, which is read here but not written; "
+            f"pass --format {choices}"
         )
     return fmt.name
 
@@ -261,19 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vgg.weights", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write deterministic random (UNTRAINED) weights")
-    synth.add_argument("--format", choices=tuple(FORMATS), required=True)
+    synth.add_argument("--format", choices=WRITABLE_FORMATS, required=True)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--out", required=True)
     synth.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
-    convert = sub.add_parser("convert", help="npz <-> h5, preserving what the network computes")
+    convert = sub.add_parser("convert", help="npz, h5 or .keras -> npz or h5, computing the same")
     convert.add_argument("input")
     convert.add_argument("output")
-    convert.add_argument("--format", choices=tuple(FORMATS), help="output format (default: from its name)")
+    convert.add_argument("--format", choices=WRITABLE_FORMATS, help="output format (default: from its name)")
     convert.add_argument("--naming", choices=H5_NAMINGS, default="keras2", help="h5 weight names")
     inspect = sub.add_parser("inspect", help="check a weights file and print what it is")
     inspect.add_argument("input")
     inspect.add_argument("--sha256", help="expected sha256 of the file")
     args = parser.parse_args(argv)
+    from vgg import logs
+
+    logs.configure()
     try:
         if args.command == "synth":
             write_synth(args.out, fmt=args.format, seed=args.seed, naming=args.naming)

@@ -14,6 +14,7 @@ from vgg.architecture import LAYER_NAMES
 from vgg.weight_formats import (
     FORMATS,
     SNIFF_BYTES,
+    WRITABLE_FORMATS,
     RowBlocks,
     WeightsError,
     _npy_rows,
@@ -23,17 +24,21 @@ from vgg.weight_formats import (
     sniff_format,
 )
 
-NPZ, H5 = FORMATS["npz"], FORMATS["h5"]
+NPZ, H5, KERAS = FORMATS["npz"], FORMATS["h5"], FORMATS["keras"]
 
 
 # ------------------------------------------------------------------ the registry
 
 
 def test_registry_names_and_magic():
-    assert list(FORMATS) == ["npz", "h5"]
+    assert list(FORMATS) == ["npz", "h5", "keras"]
     assert all(name == fmt.name for name, fmt in FORMATS.items())
     # A zip's local file header; HDF5's 8-byte signature, the longest, so 8 bytes tell.
     assert (NPZ.magic, H5.magic, SNIFF_BYTES) == (b"PK\x03\x04", b"\x89HDF\r\n\x1a\n", 8)
+    # A .keras is a zip too: it claims the zips that hold Keras' config.json and metadata.json.
+    assert KERAS.magic == NPZ.magic and KERAS.claims is not None and NPZ.claims is None
+    # It is read, never written: Keras writes whole models (model.save), this package weights.
+    assert WRITABLE_FORMATS == ("npz", "h5") and KERAS.write is None
 
 
 def test_format_is_told_by_the_first_bytes(npz_path, h5_path):
@@ -48,7 +53,9 @@ def test_format_is_told_by_the_first_bytes(npz_path, h5_path):
 def test_format_for_a_file_name():
     assert format_for_name("out/vgg16_weights.npz") is NPZ
     assert format_for_name("W.H5") is H5  # extensions compare in lower case
-    assert format_for_name("w.hdf5") is H5 and format_for_name("w.keras") is H5
+    assert format_for_name("w.hdf5") is H5
+    # A Keras 3 .keras is a zip (config.json, metadata.json, model.weights.h5), not an HDF5.
+    assert format_for_name("w.keras") is KERAS
     assert format_for_name("weights.bin") is None
     assert format_for_name("npz") is None  # a name, not an extension
 

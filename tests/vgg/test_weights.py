@@ -93,6 +93,7 @@ def test_save_weights_refuses_an_unknown_format(synth, tmp_path):
         save_weights(synth, str(tmp_path / "w.pt"), format="pt")
 
 
+@pytest.mark.slow
 def test_cli_round_trip_npz_h5_npz(npz_path, tmp_path):
     h5, npz = str(tmp_path / "a.h5"), str(tmp_path / "b.npz")
     run = [sys.executable, "-m", "vgg.weights", "convert"]
@@ -114,6 +115,7 @@ def test_cli_convert_needs_a_format_it_can_tell(npz_path, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_synth_h5_and_inspect(tmp_path):
     out = str(tmp_path / "s.h5")
     done = subprocess.run(
@@ -154,9 +156,11 @@ def test_truncated_files(npz_path, h5_path, tmp_path):
 def test_not_a_weights_file(tmp_path):
     for name, data in {"w.npz": b"<html>404</html>", "w.h5": b"", "x.npz": b"PK\x03\x04junk"}.items():
         (tmp_path / name).write_bytes(data)
-    with pytest.raises(WeightsError, match=r"w.npz: neither an npz \(zip\) nor an HDF5 file"):
+    with pytest.raises(
+        WeightsError, match=r"w.npz: not an npz \(zip\), an HDF5 or a Keras 3 \.keras \(zip\) file"
+    ):
         describe_weights(str(tmp_path / "w.npz"))
-    with pytest.raises(WeightsError, match="w.h5: neither"):
+    with pytest.raises(WeightsError, match="w.h5: not an npz"):
         describe_weights(str(tmp_path / "w.h5"))
     with pytest.raises(WeightsError, match="x.npz: not a readable npz"):
         describe_weights(str(tmp_path / "x.npz"))
