@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_size", type=int, default=TRAIN_SIZE, help="rows sampled to train PCA/IVF")
     parser.add_argument("--batch_rows", type=int, default=BATCH_ROWS, help="rows read at once")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipeline import logs
+
+    logs.configure(logging.INFO)  # the build's progress; faiss' loader notices stay off
     try:
         faiss.require()
         source = ParquetEmbeddings(args.predictions, batch_rows=args.batch_rows)
