@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import random
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -30,9 +34,14 @@ READ_ERROR_TYPES: dict[str, str] = {
     "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
 }
 READ_ATTEMPTS = 4
+READ_BACKOFF_S = 0.5
 MAX_INPUT_BYTES = 256 * 2**20
-# Counts every retried read, in the job's metrics namespace.
+# Counts every retried read (files and shards), in the job's metrics namespace.
 _retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
+# The errnos of a path that cannot name a readable file however often it is tried: a loop of
+# symbolic links, a path component that is not a directory.
+_PERMANENT_ERRNOS = {errno.ELOOP: "read_error", errno.ENOTDIR: "not_found"}
+T = TypeVar("T")
 
 
 class InputError(ValueError):
@@ -108,57 +117,107 @@ def classify(error: Exception) -> str | None:
             return "permission_denied"
         if isinstance(cause, IsADirectoryError):
             return "read_error"
-    if "not found" in text or "no such file" in text or "nosuchkey" in text:
+        if getattr(cause, "errno", None) in _PERMANENT_ERRNOS:
+            return _PERMANENT_ERRNOS[cause.errno]
+    if "not found" in text or "no such file" in text or "nosuchkey" in text or "not a directory" in text:
         return "not_found"
     if "permission denied" in text or "access denied" in text or "forbidden" in text:
         return "permission_denied"
-    if "is a directory" in text:
+    if "is a directory" in text or "too many levels of symbolic links" in text:
         return "read_error"
     return None
+
+
+def with_retries(
+    attempt: Callable[[int], Iterable[T]],
+    uri: str,
+    *,
+    attempts: int = READ_ATTEMPTS,
+    backoff_s: float = READ_BACKOFF_S,
+    sleep: Callable[[float], object] = time.sleep,
+) -> Iterator[T]:
+    """Yields the items of `attempt(0)`; where a read fails in a way a retry may help, again.
+
+    The one retry policy of every read (files and shards). `attempt(done)` reads `uri` and
+    yields its items from item `done` on, so a retry after `done` items resumes without
+    yielding any of them twice. An error that `classify` calls permanent is raised at once;
+    any other is retried until `attempts` tries in all have failed. Before retry n the wait
+    is backoff_s * 2**(n - 1) shortened by a random part of up to half (jitter: readers that
+    failed together do not come back together). Each retry counts in `read_retries`.
+
+    Raises:
+        ValueError: attempts is under 1 (at once, not when iterated).
+        The last attempt's error, unchanged: classify(error) tells a permanent one (not
+        None) from one that kept failing for `attempts` tries (None).
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1. Received: attempts={attempts}")
+    return _retried(attempt, uri, attempts, backoff_s, sleep)
+
+
+def _retried(attempt, uri: str, attempts: int, backoff_s: float, sleep) -> Iterator:
+    done = 0
+    for tried in range(1, attempts + 1):
+        try:
+            for item in attempt(done):
+                yield item
+                done += 1
+            return
+        except Exception as error:  # cloud clients raise their own types, not only OSError
+            if classify(error) is not None or tried == attempts:
+                raise
+            delay = backoff_s * 2 ** (tried - 1) * (1 - random.random() / 2)
+            _retries.inc()
+            log.warning(
+                "read of %s failed (%s); retry %d of %d in %.2f s", uri, error, tried, attempts - 1, delay
+            )
+            sleep(delay)
 
 
 def read_bytes(
     uri: str,
     *,
     attempts: int = READ_ATTEMPTS,
-    backoff_s: float = 0.5,
+    backoff_s: float = READ_BACKOFF_S,
     max_bytes: int = MAX_INPUT_BYTES,
     sleep=time.sleep,
 ) -> bytes:
-    """Reads a whole file, retrying transient failures with exponential backoff.
+    """Reads a whole file, retrying transient failures with backoff (`with_retries`).
 
-    Not-found and permission errors (local OSErrors, or HTTP 404/403 from S3 or GCS) are
-    permanent and raise at once. Anything else is retried `attempts` times in all,
-    sleeping backoff_s, 2 * backoff_s, ... in between, before giving up with error_type
-    "read_error". A file over max_bytes is refused ("too_large") without reading the
-    rest, so one huge object cannot exhaust a worker's memory.
+    Not-found and permission errors (local OSErrors, or HTTP 404/403 from S3 or GCS), a
+    symbolic-link loop and a path through a non-directory are permanent and raise at once.
+    Anything else is tried `attempts` times in all, waiting about backoff_s, 2 * backoff_s,
+    ... in between, before giving up with error_type "read_error". A file over max_bytes
+    is refused ("too_large") without reading the rest, so one huge object cannot exhaust a
+    worker's memory.
 
     Raises:
         ReadError: error_type is one of READ_ERROR_TYPES.
     """
-    for attempt in range(1, attempts + 1):
-        try:
-            with FileSystems.open(uri, compression_type="uncompressed") as handle:
-                data = handle.read(max_bytes + 1)
-        except Exception as error:  # cloud clients raise their own types, not only OSError
-            kind = classify(error)
-            if kind is not None:
-                raise ReadError(kind, f"{uri}: {first_cause(error)}") from error
-            if attempt == attempts:
-                raise ReadError(
-                    "read_error", f"{uri}: failed {attempts} times: {first_cause(error)}"
-                ) from error
-            _retries.inc()
-            log.warning("read of %s failed (%s); retry %d of %d", uri, error, attempt, attempts - 1)
-            sleep(backoff_s * 2 ** (attempt - 1))
-            continue
-        if len(data) > max_bytes:
-            raise ReadError(
-                "too_large",
-                f"{uri}: larger than {max_bytes} bytes (--max_input_bytes); not read to the end",
-            )
-        return data
-    raise AssertionError("unreachable")
+    try:
+        (data,) = with_retries(
+            lambda _: [_read_head(uri, max_bytes + 1)],
+            uri,
+            attempts=attempts,
+            backoff_s=backoff_s,
+            sleep=sleep,
+        )
+    except Exception as error:  # cloud clients raise their own types, not only OSError
+        kind = classify(error)
+        if kind is not None:
+            raise ReadError(kind, f"{uri}: {first_cause(error)}") from error
+        raise ReadError("read_error", f"{uri}: failed {attempts} times: {first_cause(error)}") from error
+    if len(data) > max_bytes:
+        raise ReadError(
+            "too_large",
+            f"{uri}: larger than {max_bytes} bytes (--max_input_bytes); not read to the end",
+        )
+    return data
+
+
+def _read_head(uri: str, size: int) -> bytes:
+    with FileSystems.open(uri, compression_type="uncompressed") as handle:
+        return handle.read(size)
 
 
 def absolute(uri: str) -> str:

@@ -22,12 +22,11 @@ from collections.abc import Iterator
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from PIL import Image, ImageOps
 
 from pipeline.extras import MissingExtra
 from pipeline.inputs import read_bytes
 from pipeline.outputs import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained, match
-from vgg.preprocess import MAX_PIXELS, to_rgb
+from vgg.preprocess import MAX_PIXELS, open_image, to_rgb, upright
 
 log = logging.getLogger("pipeline.report")
 
@@ -66,15 +65,19 @@ def read_rows(pattern: str, columns: list[str], limit: int) -> tuple[list[dict],
 
 
 def thumbnail(uri: str, size: int = 128) -> tuple[str, int, int]:
-    """(JPEG data URI, width, height) of the image at `uri`, shrunk to fit size x size."""
-    with Image.open(io.BytesIO(read_bytes(uri, attempts=2))) as img:
+    """(JPEG data URI, width, height) of the image at `uri`, shrunk to fit size x size.
+
+    Opened and turned upright as the job decodes it (vgg.preprocess: the accepted formats'
+    parsers only, the same EXIF orientation rule), so a thumbnail shows what was labelled.
+    """
+    with open_image(read_bytes(uri, attempts=2)) as img:
         if img.width * img.height > MAX_PIXELS:
             raise ValueError(f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        small = to_rgb(ImageOps.exif_transpose(img))
+        small = to_rgb(upright(img))  # may be img itself: used up before the with closes it
         small.thumbnail((size, size))
-    buffer = io.BytesIO()
-    small.save(buffer, "JPEG", quality=80)
+        buffer = io.BytesIO()
+        small.save(buffer, "JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *small.size
 
 
@@ -217,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=5, help="neighbours per query")
     parser.add_argument("--thumb_px", type=int, default=128, help="thumbnail size")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline import logs
+
+    logs.configure()
     try:
         counts = write_report(
             args.predictions,

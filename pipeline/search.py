@@ -4,7 +4,9 @@
     python -m pipeline.search --index index/ --image_id 592304cd3728bd0827e15c1c76baa431 --json
 
 A query image is embedded as the indexed images were: the same weights (checked by
-sha256), the resize mode and precision recorded in the index, then L2 normalisation.
+sha256), the resize mode and precision recorded in the index, then L2 normalisation. It is
+decoded as the job decodes untrusted images, in a child process (pipeline.sandbox): an
+image that crashes or hangs the decoder is an `error:` line (exit status 2), not a crash.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from pipeline.index import IDS_FILE, INDEX_FILE, INFO_FILE, normalize  # noqa: E
 from pipeline.inputs import ReadError, read_bytes  # noqa: E402
 from pipeline.model_handler import stage_weights  # noqa: E402
 from pipeline.outputs import UNTRAINED_WARNING, is_untrained  # noqa: E402
+from pipeline.sandbox import DecodeFailed, DecoderCrashed, IsolatedDecoder  # noqa: E402
+from pipeline.transforms import DECODE_TIMEOUT_S  # noqa: E402
 from vgg.preprocess import ImageError, decode_image  # noqa: E402
 from vgg.weights import WeightsError, resolve_source, sha256_file  # noqa: E402
 
@@ -126,10 +130,35 @@ class EmbeddingIndex:
         ]
 
 
-def embed_images(predictor, uris: Sequence[str], *, resize: str) -> np.ndarray:
-    """fc7 (n, 4096) of image files (local or any Beam filesystem), as pipeline.run embeds them."""
-    pixels = np.stack([decode_image(read_bytes(uri), resize=resize).pixels for uri in uris])
-    return predictor(pixels)[1]
+def decode_images(uris: Sequence[str], *, resize: str, decoder: IsolatedDecoder | None = None) -> np.ndarray:
+    """The model's input (n, 224, 224, 3) from image files (local or any Beam filesystem).
+
+    Decoded as pipeline.run decodes by default: in a child process (`decoder`, else one
+    started and stopped here), with the job's time limit, so a file that crashes or hangs
+    the decoder raises here and leaves this process running.
+
+    Raises:
+        ReadError: a file cannot be read.
+        ImageError: a file is not a usable image (its error_type says why).
+        DecoderCrashed: the decoder died on a file ("crashed") or ran out of time ("timeout").
+        DecodeFailed: the decoder raised something else (a bug, not a bad image).
+    """
+    isolated = decoder or IsolatedDecoder(decode_image, timeout_s=DECODE_TIMEOUT_S)
+    try:
+        return np.stack([isolated(read_bytes(uri), resize=resize).pixels for uri in uris])
+    finally:
+        if decoder is None:
+            isolated.close()
+
+
+def embed_images(
+    predictor, uris: Sequence[str], *, resize: str, decoder: IsolatedDecoder | None = None
+) -> np.ndarray:
+    """fc7 (n, 4096) of image files (local or any Beam filesystem), as pipeline.run embeds them.
+
+    The files are decoded first (`decode_images`, whose errors this raises), then embedded.
+    """
+    return predictor(decode_images(uris, resize=resize, decoder=decoder))[1]
 
 
 class Searcher:
@@ -150,6 +179,7 @@ class Searcher:
             index if isinstance(index, EmbeddingIndex) else EmbeddingIndex(index, search_params=search_params)
         )
         self._predictor, self._weights = predictor, None
+        self._decoder: IsolatedDecoder | None = None
         if predictor is not None:
             self._check(predictor.weights.sha256, predictor.weights.path)
             if predictor.precision != self.index.provenance["precision"]:
@@ -189,8 +219,20 @@ class Searcher:
         return self._predictor
 
     def embed(self, uris: Sequence[str]) -> np.ndarray:
-        """fc7 (n, 4096) of image files, preprocessed as the indexed images were."""
-        return embed_images(self.predictor, uris, resize=self.index.provenance["resize"])
+        """fc7 (n, 4096) of image files, preprocessed as the indexed images were.
+
+        The files are decoded (in this searcher's decoder process, `decode_images`) before
+        the model is loaded, so a bad query image fails fast.
+        """
+        if self._decoder is None:
+            self._decoder = IsolatedDecoder(decode_image, timeout_s=DECODE_TIMEOUT_S)
+        pixels = decode_images(uris, resize=self.index.provenance["resize"], decoder=self._decoder)
+        return self.predictor(pixels)[1]
+
+    def close(self) -> None:
+        """Ends the decoder's child process, if one was started (it also ends with this process)."""
+        if self._decoder is not None:
+            self._decoder.close()
 
     def by_images(self, uris: Sequence[str], k: int = 10) -> list[list[Hit]]:
         return self.index.search(self.embed(uris), k)
@@ -217,23 +259,35 @@ def main(argv: list[str] | None = None) -> int:
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file (local, gs://, s3://); needs --weights")
     query.add_argument("--image_id", help="query by an indexed image's id")
-    parser.add_argument("--weights", help="the weights the index was built with (npz, h5 or 'imagenet')")
+    parser.add_argument(
+        "--weights", help="the weights the index was built with (npz, h5, .keras or 'imagenet')"
+    )
     parser.add_argument("--k", type=int, default=10, help="neighbours to print")
     parser.add_argument("--search_params", default=None, help="faiss parameters, e.g. nprobe=64")
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list of {rank, score, image_id, uri}"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pipeline import logs
+
+    logs.configure()
     if args.image and not args.weights:
         parser.error("--image needs --weights (the weights the index was built with)")
+    searcher = None
     try:
         faiss.require()
         searcher = Searcher(args.index, weights=args.weights, search_params=args.search_params)
         hits = searcher.by_image(args.image, args.k) if args.image else searcher.by_id(args.image_id, args.k)
-    except (ValueError, WeightsError, ReadError, ImageError, MissingExtra) as error:
+    except (ImageError, DecoderCrashed, DecodeFailed) as error:  # the query image's, named
+        kind, detail = getattr(error, "error_type", "decode_error"), getattr(error, "detail", str(error))
+        print(" ".join(f"error: {args.image}: {kind}: {detail}".split()), file=sys.stderr)
+        return 2
+    except (ValueError, WeightsError, ReadError, MissingExtra) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if searcher is not None:
+            searcher.close()
     print(format_hits(hits, as_json=args.json))
     return 0
 

@@ -6,7 +6,9 @@ TensorFlow-free ``vgg.architecture`` only), so it runs unchanged on any worker.
 
 What ``decode_image`` does, in order:
 
-1. Identifies the bytes with Pillow and accepts only ``ALLOWED_FORMATS``.
+1. Identifies the bytes with Pillow's parsers for ``ALLOWED_FORMATS`` only
+   (``open_image``): no other parser ever sees them. A file in another format
+   Pillow knows is named by its signature alone, for the message.
 2. Checks width x height against ``max_pixels`` *before* decoding any pixel.
 3. For JPEG with ``draft=True``, asks libjpeg to decode at a reduced scale
    (1/2, 1/4 or 1/8) that still leaves both sides at least as large as the
@@ -22,9 +24,10 @@ What ``decode_image`` does, in order:
 5. Converts every mode to RGB (see ``to_rgb``): transparent pixels are
    composited over ``background`` (white by default), 16-bit samples are
    scaled to 8 bits, float samples are clipped to 0..255.
-6. Applies the EXIF orientation tag, so a photo that a camera stored sideways
-   comes out the way viewers display it. ``width`` and ``height`` are the
-   size as displayed, at full resolution (before draft and resize).
+6. Applies the EXIF orientation tag (``upright``), so a photo that a camera
+   stored sideways comes out the way viewers display it. ``width`` and
+   ``height`` are the size as displayed, at full resolution (before draft and
+   resize).
 7. Resizes with bilinear filtering, as the 2016 seed did through
    ``scipy.misc.imresize``: "squash" stretches straight to 224x224;
    "center_crop" scales the shorter side to 256 and keeps the centre
@@ -56,6 +59,9 @@ from vgg.errors import ClassifiedError
 
 RESIZE_MODES = ("squash", "center_crop")  # the default first
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
+# The Pillow parsers that may see untrusted bytes: those of ALLOWED_FORMATS. An MPO (a
+# multi-picture JPEG) has no parser of its own: Pillow's JPEG parser opens it as one.
+OPEN_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 # Pillow's default Image.MAX_IMAGE_PIXELS, copied so that code elsewhere
 # changing that global cannot loosen this module's limit.
 MAX_PIXELS: int = 89_478_485
@@ -79,6 +85,7 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 # Errors Pillow's plugins raise on bad data, at open or at load.
 _DECODE_ERRORS = (
     OSError,
@@ -97,6 +104,20 @@ _SIGNATURES = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
+)
+# Image formats Pillow reads but the job refuses, by their leading bytes (more in
+# _refused_format). Their parsers never run: the signature only names them in the error.
+_REFUSED_SIGNATURES = (
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG2000"),  # a JP2 file
+    (b"\xffO\xffQ", "JPEG2000"),  # a bare codestream (.j2k)
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"\x01\xda", "SGI"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),  # DOS EPS binary header
 )
 # Used only to recover Pillow's reason when Image.open says no more than
 # "cannot identify image file".
@@ -167,15 +188,25 @@ def decode_image(
         ImageError: ``data`` is not a usable image; see ``error_type``.
     """
     _check_options(resize, max_pixels, background)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"data must be the bytes of an encoded image. Received: data of type {type(data).__name__}"
-        )
-    if len(data) == 0:
-        raise ImageError("empty", "the input has 0 bytes; check that the file was read in full")
-    data = bytes(data)
+    data = _checked_bytes(data)
+    with open_image(data) as img:
+        return _decode_opened(img, data, resize, draft, max_pixels, background)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Identifies untrusted image bytes with the parsers of the accepted formats only.
+
+    Only the header is read (Pillow opens lazily); the caller loads, and closes the image.
+    Every tool that opens untrusted images goes through here, so no other Pillow parser
+    ever sees their bytes.
+
+    Raises:
+        ImageError: the bytes are empty, not an image, in a format that is not accepted
+            ("unsupported_format", told by its signature), or damaged in their header.
+    """
+    data = _checked_bytes(data)
     try:
-        img = Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # The Warning arrives as an exception only when a warnings filter
         # says "error"; either way it means the image is too large.
@@ -184,8 +215,17 @@ def decode_image(
         raise _unidentified(data) from e
     except _DECODE_ERRORS as e:
         raise _decode_failure(e, data, _signature_format(data) or "image") from e
-    with img:
-        return _decode_opened(img, data, resize, draft, max_pixels, background)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as viewers display it: turned and flipped as its EXIF orientation tag says.
+
+    The one orientation rule of the project (``decode_image``, ``pipeline.report``'s
+    thumbnails). A missing, unreadable or unknown tag leaves the image as stored. The
+    result still carries the tag, so apply this once.
+    """
+    method = _TRANSPOSE.get(_orientation(img))
+    return img if method is None else img.transpose(method)
 
 
 def load_image(
@@ -278,11 +318,7 @@ def _decode_opened(
 ) -> DecodedImage:
     fmt = img.format
     if fmt not in ALLOWED_FORMATS:
-        raise ImageError(
-            "unsupported_format",
-            f"{fmt} images are not accepted (accepted: "
-            f"{', '.join(sorted(ALLOWED_FORMATS))}); convert the file to JPEG or PNG",
-        )
+        raise _not_accepted(fmt)
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
@@ -299,12 +335,10 @@ def _decode_opened(
         img.load()
     except _DECODE_ERRORS as e:
         raise _decode_failure(e, data, fmt) from e
-    orientation = _orientation(img)
-    rgb = to_rgb(img, background)
-    if orientation in _TRANSPOSE:
-        rgb = rgb.transpose(_TRANSPOSE[orientation])
-        if orientation >= 5:
-            width, height = height, width
+    if _orientation(img) in _QUARTER_TURNS:  # displayed on its side: width and height trade
+        width, height = height, width
+    # Turning before the conversion to RGB gives the same pixels: both only move or map them.
+    rgb = to_rgb(upright(img), background)
     if resize == "squash":
         out = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
     else:
@@ -349,6 +383,40 @@ def _center_crop(rgb: Image.Image) -> Image.Image:
     sx, sy = width / new_w, height / new_h
     box = (left * sx, top * sy, (left + IMAGE_SIZE) * sx, (top + IMAGE_SIZE) * sy)
     return rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR, box=box)
+
+
+def _checked_bytes(data) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"data must be the bytes of an encoded image. Received: data of type {type(data).__name__}"
+        )
+    if len(data) == 0:
+        raise ImageError("empty", "the input has 0 bytes; check that the file was read in full")
+    return bytes(data)
+
+
+def _not_accepted(fmt: str) -> ImageError:
+    return ImageError(
+        "unsupported_format",
+        f"{fmt} images are not accepted (accepted: "
+        f"{', '.join(sorted(ALLOWED_FORMATS))}); convert the file to JPEG or PNG",
+    )
+
+
+def _refused_format(data: bytes) -> str | None:
+    """The name of an image format Pillow reads but the job refuses, from its signature alone."""
+    if data.endswith(b"TRUEVISION-XFILE.\x00"):  # TGA has no leading signature, only this footer
+        return "TGA"
+    for magic, fmt in _REFUSED_SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if len(data) > 2 and data[:1] == b"P" and data[1] in b"1234567" and data[2:3].isspace():
+        return "PPM"  # netpbm: PBM, PGM, PPM (P1-P6), PAM (P7)
+    if len(data) > 3 and data[0] == 0x0A and data[1] in (0, 2, 3, 4, 5) and data[2] == 1:
+        return "PCX"  # manufacturer 10, a known version, run-length encoding
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "AVIF" if data[8:11] == b"avi" else "HEIF"
+    return None
 
 
 def _signature_format(data: bytes) -> str | None:
@@ -411,6 +479,9 @@ def _classify(reason: str, says_truncated: bool, data: bytes, fmt: str) -> Image
 
 def _unidentified(data: bytes) -> ImageError:
     fmt = _signature_format(data)
+    refused = _refused_format(data) if fmt is None else None
+    if refused is not None:
+        return _not_accepted(refused)
     if fmt is None:
         head = data[:16].lstrip().lower()
         if head.startswith(b"<"):

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
 
 import pytest
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.inputs import InputError, MatchInputs, ReadError, check_inputs, image_id, read_bytes
+from pipeline.inputs import (
+    InputError,
+    MatchInputs,
+    ReadError,
+    check_inputs,
+    classify,
+    image_id,
+    read_bytes,
+    with_retries,
+)
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from vgg.errors import ClassifiedError
 
@@ -28,15 +39,52 @@ def test_image_id_is_stable_and_documented():
     assert len({image_id(f"/p/{i}.jpg") for i in range(1000)}) == 1000
 
 
+def backoff(slept: list[float], full: list[float]) -> bool:
+    """Whether each wait is its full exponential delay shortened by at most half (the jitter)."""
+    return len(slept) == len(full) and all(f / 2 <= s <= f for s, f in zip(slept, full))
+
+
 def test_read_retries_with_backoff_then_succeeds(tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(b"\xff\xd8 bytes")
     slept = []
     FaultyFileSystem.faults[str(path)] = ("transient", 3)
     assert read_bytes(faulty(path), sleep=slept.append) == b"\xff\xd8 bytes"
-    # 3 failures, 3 sleeps doubling from 0.5 s, success on the 4th and last attempt.
-    assert slept == [0.5, 1.0, 2.0]
+    # 3 failures, 3 waits doubling from 0.5 s (each at random up to half shorter), success on
+    # the 4th and last attempt.
+    assert backoff(slept, [0.5, 1.0, 2.0]), slept
     assert FaultyFileSystem.opens[str(path)] == 4
+
+
+def test_backoff_is_jittered():
+    # Readers that failed together (one outage) must not all come back at the same instant:
+    # 50 first waits of 0.5 s full delay, spread over [0.25, 0.5].
+    waits = []
+    for _ in range(50):
+        with pytest.raises(OSError):
+            list(with_retries(_fails, "x", attempts=2, sleep=waits.append))
+    assert backoff(waits, [0.5] * 50) and len(set(waits)) > 40
+
+
+def _fails(_done):
+    raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+
+
+def test_with_retries_resumes_after_the_items_yielded():
+    # The stream fails after its second item on the first try: the retry starts at item 2.
+    calls, slept = [], []
+
+    def attempt(done):
+        calls.append(done)
+        for item in range(done, 4):
+            if len(calls) == 1 and item == 2:
+                raise TimeoutError("dropped")
+            yield item
+
+    assert list(with_retries(attempt, "x", sleep=slept.append)) == [0, 1, 2, 3]
+    assert calls == [0, 2] and len(slept) == 1
+    with pytest.raises(ValueError, match=r"^attempts must be at least 1\. Received: attempts=0$"):
+        with_retries(attempt, "x", attempts=0)
 
 
 @pytest.mark.parametrize(
@@ -55,7 +103,7 @@ def test_permanent_read_errors_are_not_retried_forever(tmp_path, fault, error_ty
     with pytest.raises(ReadError) as info:
         read_bytes(faulty(path), sleep=slept.append)
     assert info.value.error_type == error_type
-    assert (FaultyFileSystem.opens[str(path)], slept) == (opens, sleeps)
+    assert FaultyFileSystem.opens[str(path)] == opens and backoff(slept, sleeps), slept
     # ReadError survives pickling (Beam ships exceptions between processes).
     copy = pickle.loads(pickle.dumps(info.value))
     assert (type(copy), copy.error_type, str(copy)) == (ReadError, error_type, str(info.value))
@@ -86,6 +134,41 @@ def test_cloud_status_codes_decide_retries(monkeypatch, status, error_type, atte
     with pytest.raises(ReadError) as info:
         read_bytes("gs://bucket/x.jpg", attempts=3, sleep=lambda s: None)
     assert (info.value.error_type, len(calls)) == (error_type, attempts)
+
+
+def test_symlink_loop_is_permanent(tmp_path):
+    # a -> b -> a: open() fails with ELOOP however often it is tried.
+    os.symlink(tmp_path / "b.jpg", tmp_path / "a.jpg")
+    os.symlink(tmp_path / "a.jpg", tmp_path / "b.jpg")
+    slept = []
+    with pytest.raises(ReadError) as info:
+        read_bytes(str(tmp_path / "a.jpg"), sleep=slept.append)
+    assert (info.value.error_type, slept) == ("read_error", [])
+    assert "Too many levels of symbolic links" in str(info.value)
+
+
+def test_path_through_a_file_is_permanent(tmp_path):
+    # photo.jpg is a file, so photo.jpg/x names nothing: ENOTDIR, a not_found with no retry.
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    slept = []
+    with pytest.raises(ReadError) as info:
+        read_bytes(str(tmp_path / "photo.jpg" / "x"), sleep=slept.append)
+    assert (info.value.error_type, slept) == ("not_found", [])
+    assert "Not a directory" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "error_type"),
+    [
+        (OSError(errno.ELOOP, "Too many levels of symbolic links"), "read_error"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory"), "not_found"),
+        (BeamIOError("open failed", {"p": OSError(errno.ELOOP, "loop")}), "read_error"),  # wrapped
+        (OSError("[Errno 20] Not a directory: '/p/x'"), "not_found"),  # only the text says so
+        (ConnectionResetError(errno.ECONNRESET, "reset"), None),  # transient: retried
+    ],
+)
+def test_classify_eloop_and_enotdir(error, error_type):
+    assert classify(error) == error_type
 
 
 def test_oversized_file_is_refused_without_reading_it_all(tmp_path):

@@ -96,6 +96,7 @@ def test_corpus_every_kind_accounted_for(corpus, tmp_path, npz_path, capsys, rea
     assert FaultyFileSystem.opens[str(folder / "deleted.jpg")] == 1
 
 
+@pytest.mark.slow
 def test_corpus_real_job_with_bundle_repeat(corpus, tmp_path, npz_path, read_rows):
     # The real `python -m pipeline.run` and VGG16, each bundle replayed twice more
     # (Beam's FnApiRunner honours --direct_runner_bundle_repeat: fn_runner.py runs every
@@ -162,6 +163,7 @@ def test_bundle_repeat_gives_the_same_rows(corpus, tmp_path, npz_path, capsys, r
 # ------------------------------------------------------------------------ faults
 
 
+@pytest.mark.slow
 def test_faults_in_a_job(tmp_path, npz_path, capsys, monkeypatch, read_rows):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -18,7 +18,10 @@ from pipeline import report as report_module
 from pipeline.index import ArrayEmbeddings, build_index
 from pipeline.outputs import errors_schema, predictions_schema
 from pipeline.search import EmbeddingIndex
+from tests.images import encode, exif_tagged, quadrants
+from tests.modules import imported_modules
 from tests.pipeline.conftest import HOSTILE_NAME, MAGENTA, PROVENANCE
+from vgg.preprocess import ImageError, decode_image
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -123,6 +126,7 @@ def read(out: pathlib.Path, prefix: str) -> list[dict]:
     return pq.read_table(sorted(out.glob(f"{prefix}-*.parquet"))).to_pylist()
 
 
+@pytest.mark.browser
 def test_grid_shows_every_image_with_its_top5_labels(run, dom):
     rows = read(run[0], "predictions")
     figures = {f.attrs["data-image-id"]: f for f in dom.find_all("figure", "image")}
@@ -139,6 +143,7 @@ def test_grid_shows_every_image_with_its_top5_labels(run, dom):
     assert dom.find("p", "count").text() == f"Showing {len(rows)} of {len(rows)} labelled images."
 
 
+@pytest.mark.browser
 def test_errors_table_shows_every_error_row_as_text(run, dom):
     rows = read(run[0], "errors")
     assert [row["uri"].rsplit("/", 1)[1] for row in rows] == [HOSTILE_NAME]  # the one file that failed
@@ -152,6 +157,7 @@ def test_errors_table_shows_every_error_row_as_text(run, dom):
     assert not [n for n in dom.find_all() if any(a.startswith("on") for a in n.attrs)]
 
 
+@pytest.mark.browser
 def test_neighbours_are_the_index_results(run, dom):
     index = EmbeddingIndex(str(run[1]))
     queries = dom.find_all("div", "query")
@@ -165,10 +171,12 @@ def test_neighbours_are_the_index_results(run, dom):
         assert [li.find("div", "uri").text() for li in items] == [h.uri for h in expected]
 
 
+@pytest.mark.browser
 def test_untrained_weights_are_announced(dom):
     assert "UNTRAINED weights" in dom.find("p", "untrained").text()  # conftest's synthesized weights
 
 
+@pytest.mark.browser
 def test_thumbnails_are_drawn_by_the_browser(page, tmp_path):
     shot = tmp_path / "shot.png"
     chromium(tmp_path / "profile", "--window-size=1280,4000", f"--screenshot={shot}", page.as_uri())
@@ -179,6 +187,7 @@ def test_thumbnails_are_drawn_by_the_browser(page, tmp_path):
     assert near >= 10_000, near
 
 
+@pytest.mark.browser
 def test_hostile_text_is_shown_as_text(tmp_path):
     uri = 'javascript:alert(1)"><script>alert(2)</script>'
     label = "<b>bold</b> & <i>co</i>"
@@ -217,3 +226,44 @@ def test_refuses_an_index_built_from_other_weights(run, tmp_path):
         report_module.write_report(
             f"{run[0]}/predictions-*.parquet", str(tmp_path / "r.html"), index=str(tmp_path / "i")
         )
+
+
+# ------------------------------------------------------------------ thumbnails, without a browser
+
+
+def _pixels(data_uri: str) -> np.ndarray:
+    import base64
+    import io
+
+    encoded = data_uri.removeprefix("data:image/jpeg;base64,")
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as img:
+        return np.asarray(img.convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_thumbnails_turn_images_as_the_decoder_does(tmp_path, orientation):
+    # One EXIF orientation rule (vgg.preprocess.upright) for the labels and the thumbnails:
+    # the four quadrant colours land in the same corners in both, for each of the 8 tags.
+    data = exif_tagged(quadrants(), "PNG", orientation)
+    (tmp_path / "q.png").write_bytes(data)
+    src, width, height = report_module.thumbnail(str(tmp_path / "q.png"), size=64)
+    decoded = decode_image(data)
+    assert (width, height) == (decoded.width, decoded.height)  # 64x48 or 48x64 fits in 64 px
+    thumb = _pixels(src)
+    for row, col in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
+        inset = (row * 6 + 2 * (row == 0), col * 6 + 2 * (col == 0))  # clear of JPEG's edge blur
+        want = decoded.pixels[inset[0] * 224 // height, inset[1] * 224 // width].astype(int)
+        # Quality-80 JPEG moves flat colours a few levels; red, green, blue and white are 255 apart.
+        assert np.abs(thumb[inset] - want).max() <= 40, (orientation, row, col)
+
+
+def test_thumbnails_open_only_the_formats_the_job_accepts(tmp_path):
+    # A PPM is an image Pillow reads, but not one the job does: its parser never sees the bytes.
+    path = tmp_path / "image.ppm"
+    path.write_bytes(encode(Image.new("RGB", (8, 8), (255, 0, 0)), "PPM"))
+    with pytest.raises(ImageError, match="^unsupported_format: PPM images are not accepted"):
+        report_module.thumbnail(str(path))
+    html = report_module.Thumbnails(64)(str(path))
+    assert html.startswith('<div class="thumb missing">no thumbnail: unsupported_format: PPM images')
+    # Nothing in the report opens images itself: vgg.preprocess does.
+    assert "PIL" not in imported_modules(report_module)

@@ -69,6 +69,7 @@ def test_an_unexpected_exception_is_reported_not_raised_as_is():
         isolated.close()
 
 
+@pytest.mark.slow
 def test_decoder_crash_and_hang_are_contained_in_a_job(tmp_path):
     # A real segfault (and a decode that never returns) inside the decoder: each costs
     # one errors row; the worker, and the images after them, carry on.

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from pipeline import search as search_module
-from pipeline.search import EmbeddingIndex, Searcher, WeightsMismatch, format_hits
+from pipeline.sandbox import DecoderCrashed, IsolatedDecoder
+from pipeline.search import EmbeddingIndex, Searcher, WeightsMismatch, decode_images, format_hits
+from tests.conftest import SAMPLES
+from vgg.preprocess import decode_image
 from vgg.weights import WeightsInfo
 
 
@@ -108,6 +111,7 @@ def test_cli_errors_exit_2_with_the_reason(run, tmp_path, capsys, labelled_fc7):
     assert "--image needs --weights" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_by_image_end_to_end(run, npz_path, labelled_fc7):
     """The documented command, in a fresh process: embeds the magenta square and finds it."""
     magenta = next(uri for uri in labelled_fc7[1] if uri.endswith("magenta.png"))
@@ -120,3 +124,53 @@ def test_cli_by_image_end_to_end(run, npz_path, labelled_fc7):
     assert [h["rank"] for h in hits] == [1, 2] and hits[0]["uri"] == magenta
     assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert "UNTRAINED" in done.stderr  # conftest's weights are synthesized, and the CLI says so
+
+
+# ------------------------------------------------------------------ untrusted query images
+
+
+def test_query_images_are_decoded_in_a_child_process(tmp_path):
+    # The same decoder child the job uses: a segfault or a hang in it is an exception here,
+    # and this process (and the next query) carries on.
+    from tests.pipeline.faults import CRASH, HANG, crashing_decode
+
+    photo = (SAMPLES / "coffee.jpg").read_bytes()
+    for name, data in {"crash.jpg": CRASH + photo, "hang.jpg": HANG, "ok.jpg": photo}.items():
+        (tmp_path / name).write_bytes(data)
+    decoder = IsolatedDecoder(crashing_decode, timeout_s=2)
+    try:
+        with pytest.raises(DecoderCrashed) as crashed:
+            decode_images([str(tmp_path / "crash.jpg")], resize="squash", decoder=decoder)
+        with pytest.raises(DecoderCrashed) as hung:
+            decode_images([str(tmp_path / "hang.jpg")], resize="squash", decoder=decoder)
+        pixels = decode_images([str(tmp_path / "ok.jpg")], resize="squash", decoder=decoder)
+    finally:
+        decoder.close()
+    assert (crashed.value.error_type, hung.value.error_type) == ("crashed", "timeout")
+    np.testing.assert_array_equal(pixels[0], decode_image(photo).pixels)
+
+
+def test_cli_query_image_that_crashes_the_decoder_is_one_error_line(
+    run, npz_path, tmp_path, capsys, monkeypatch
+):
+    from tests.pipeline.faults import CRASH, crashing_decode
+
+    crash = tmp_path / "crash.jpg"
+    crash.write_bytes(CRASH + (SAMPLES / "coffee.jpg").read_bytes())
+    monkeypatch.setattr(search_module, "decode_image", crashing_decode)  # what the child runs
+    argv = ["--index", str(run[1]), "--weights", npz_path, "--image"]
+    assert search_module.main([*argv, str(crash)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: {crash}: crashed: the decoder process died while decoding this input "
+        "(killed by signal SIGSEGV)"
+    )
+
+
+def test_cli_query_image_that_is_not_usable_is_one_error_line(run, npz_path, tmp_path, capsys):
+    cut = tmp_path / "cut.jpg"
+    photo = (SAMPLES / "coffee.jpg").read_bytes()
+    cut.write_bytes(photo[: len(photo) // 2])
+    assert search_module.main(["--index", str(run[1]), "--weights", npz_path, "--image", str(cut)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {cut}: truncated: the JPEG data ({len(photo) // 2} bytes) ends before")

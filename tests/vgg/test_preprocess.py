@@ -18,12 +18,15 @@ from vgg.preprocess import (
     ALLOWED_FORMATS,
     ERROR_TYPES,
     MAX_PIXELS,
+    OPEN_FORMATS,
     RESIZE_MODES,
     DecodedImage,
     ImageError,
     decode_image,
     load_image,
+    open_image,
     to_rgb,
+    upright,
 )
 
 # (width, height) of each bundled photo, as listed in samples/README.md.
@@ -364,6 +367,30 @@ def test_exif_orientation_still_applies_after_draft(sample_bytes, resize, tolera
     assert np.abs(got - expected).max() <= tolerance
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_upright_is_the_one_orientation_rule(quadrants, orientation):
+    # The public step decode_image and pipeline.report's thumbnails share: the same turn
+    # or flip as a viewer for all 8 tags (tags 2, 4, 5 and 7 mirror), and for the tag 1
+    # (or none) the image itself, untouched.
+    viewer = {
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_270,
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_90,
+    }
+    with Image.open(io.BytesIO(exif_tagged(quadrants, "PNG", orientation))) as img:
+        turned = upright(img)
+        if orientation == 1:
+            assert turned is img
+        want = quadrants.transpose(viewer[orientation]) if orientation in viewer else quadrants
+        np.testing.assert_array_equal(np.asarray(turned.convert("RGB")), np.asarray(want))
+        decoded = decode_image(exif_tagged(quadrants, "PNG", orientation))
+        assert (decoded.width, decoded.height) == turned.size
+
+
 # --- Resizing ---------------------------------------------------------------
 
 
@@ -613,6 +640,51 @@ def test_other_allowed_formats_decode(fmt):
     kwargs = {"lossless": True} if fmt == "WEBP" else {}
     data = encode(Image.new("RGB", (8, 8), RED), fmt, **kwargs)
     assert uniform(decode_image(data)) == RED
+
+
+# Formats Pillow reads and writes here that are not accepted: each is named by its signature.
+REFUSED = ("PPM", "TGA", "PCX", "ICO", "JPEG2000", "SGI", "DDS", "QOI", "EPS")
+
+
+@pytest.fixture
+def parsers_run(monkeypatch) -> list[str]:
+    """The Pillow formats whose parser is handed bytes to open, in the order they are tried."""
+    Image.init()
+    seen = []
+    for fmt, (factory, accept) in list(Image.OPEN.items()):
+
+        def spy(*args, _fmt=fmt, _factory=factory):
+            seen.append(_fmt)
+            return _factory(*args)
+
+        monkeypatch.setitem(Image.OPEN, fmt, (spy, accept))
+    return seen
+
+
+@pytest.mark.parametrize("fmt", REFUSED)
+def test_refused_formats_never_reach_their_parser(fmt, parsers_run):
+    # Untrusted bytes are opened by the accepted formats' parsers only (OPEN_FORMATS); a file
+    # in another format Pillow knows is named from its first bytes (TGA: its footer), never
+    # parsed, so a flaw in, say, the PCX parser cannot be reached through this job.
+    data = encode(Image.new("RGB", (8, 8), RED), fmt)
+    with pytest.raises(ImageError) as info:
+        open_image(data)
+    assert str(info.value).startswith(f"unsupported_format: {fmt} images are not accepted (accepted: ")
+    assert set(parsers_run) <= set(OPEN_FORMATS)
+
+
+def test_only_accepted_parsers_run_on_anything(parsers_run, sample_bytes):
+    # Pillow tries TGA's parser on any bytes no other plugin claims (TGA has no signature);
+    # here no parser outside OPEN_FORMATS ever runs, on images or on junk.
+    junk = bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8))
+    for data in (sample_bytes["chelsea.png"], sample_bytes["coffee.jpg"], junk, b"<html>"):
+        try:
+            decode_image(data)
+        except ImageError:
+            pass
+    assert set(parsers_run) <= set(OPEN_FORMATS) and {"PNG", "JPEG"} <= set(parsers_run)
+    # An MPO has no parser of its own: the JPEG parser opens it, as an allowed "MPO".
+    assert ALLOWED_FORMATS == {*OPEN_FORMATS, "MPO"}
 
 
 # --- Files --------------------------------------------------------------------
