@@ -10,3 +10,12 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 # Every Beam metric of the job (counters, distributions) lives in this namespace.
 METRICS_NAMESPACE = "vgg16"
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag the job cannot run with; the message says which and why.
+
+    It lives here, below every module, so that each config dataclass (InputConfig,
+    DecodeConfig, ModelConfig) raises it for its own fields, and pipeline.run reports it as
+    one `error:` line with exit status 2.
+    """

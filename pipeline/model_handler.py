@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import os
@@ -16,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline import METRICS_NAMESPACE, failpoints
+from pipeline import METRICS_NAMESPACE, ConfigError, failpoints
 from pipeline.inputs import InputError, first_cause
 from vgg.architecture import PRECISIONS
 from vgg.hardware import precision_warning
@@ -63,12 +64,15 @@ def stage_weights(uri: str) -> str:
 class ModelConfig:
     """Which model a worker loads and how it batches.
 
+    Every field is checked here, where the config is made (ConfigError, naming the flag).
+
     Attributes:
-        weights: npz or Keras h5 (local or remote), or "imagenet".
+        weights: npz or Keras h5 (local or remote), or "imagenet" (--weights).
         sha256: refuse weights with another digest (None: no check).
-        precision: one of vgg.architecture.PRECISIONS.
-        jit: compile the model with XLA.
-        min_batch_size, max_batch_size: the bounds of Beam's BatchElements.
+        precision: one of vgg.architecture.PRECISIONS (--precision).
+        jit: compile the model with XLA (--jit).
+        min_batch_size, max_batch_size: the bounds of Beam's BatchElements (--min_batch_size,
+            --batch_size).
         share_model: one copy per machine for all SDK processes (Beam's large_model).
     """
 
@@ -81,13 +85,41 @@ class ModelConfig:
     share_model: bool = False
 
     def __post_init__(self):
+        if not self.weights:
+            raise ConfigError("no weights: pass --weights FILE (npz or Keras h5) or --weights imagenet.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}. Received: precision={self.precision!r}")
-        if not 1 <= self.min_batch_size <= self.max_batch_size:
-            raise ValueError(
-                "batch sizes must satisfy 1 <= min_batch_size <= max_batch_size. Received: "
-                f"min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}"
+            raise ConfigError(
+                f"--precision must be one of {'|'.join(PRECISIONS)}. Received: {self.precision!r}"
             )
+        if self.max_batch_size < 1:
+            raise ConfigError(
+                "--batch_size (max_batch_size) must be at least 1: the largest inference batch. "
+                f"Received: {self.max_batch_size}"
+            )
+        if not 1 <= self.min_batch_size <= self.max_batch_size:
+            raise ConfigError(
+                "--min_batch_size must be between 1 and --batch_size; leave it out for full batches. "
+                f"Received: min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, sha256: str | None = None) -> ModelConfig:
+        """The model of a run, from `python -m pipeline.run`'s parsed options.
+
+        Args:
+            args: The parsed options.
+            sha256: The launcher's digest of the weights, which workers then insist on.
+        """
+        return cls(
+            weights=args.weights,
+            sha256=sha256,
+            precision=args.precision,
+            jit=args.jit,
+            # Full batches unless asked otherwise: faster than Beam's batcher growing from 1.
+            min_batch_size=args.batch_size if args.min_batch_size is None else args.min_batch_size,
+            max_batch_size=args.batch_size,
+            share_model=args.share_model,
+        )
 
 
 class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):

@@ -1,12 +1,20 @@
-"""The job's own options (a PipelineOptions subclass) and YAML run configurations under configs/."""
+"""The job's own options (a PipelineOptions subclass) and YAML run configurations under configs/.
+
+Each config a run is made of (shards.InputConfig, transforms.DecodeConfig,
+model_handler.ModelConfig) checks its own fields where it is made, from `from_args`; what
+is left here is parsing, the rules that span several flags, and the flags no config owns.
+A user's mistake is one ConfigError (one `error:` line and exit status 2 in pipeline.run).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NoReturn
 
 import yaml
 from apache_beam.options.pipeline_options import (
@@ -14,16 +22,15 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     PortableOptions,
     StandardOptions,
-    _BeamArgumentParser,
 )
 
 import vgg
-from pipeline import outputs
+from pipeline import ConfigError, outputs  # ConfigError: still options.ConfigError to its users
 from pipeline.inputs import MAX_INPUT_BYTES
 from pipeline.model_handler import ModelConfig
-from pipeline.shards import FORMATS, INPUT_FORMATS, InputConfig
+from pipeline.shards import INPUT_FORMATS, InputConfig
 from pipeline.transforms import DECODE_TIMEOUT_S, ISOLATION_MODES, DecodeConfig
-from vgg.architecture import PRECISIONS
+from vgg.architecture import NUM_CLASSES, PRECISIONS
 from vgg.preprocess import RESIZE_MODES
 from vgg.weights import WeightsInfo
 
@@ -33,15 +40,111 @@ log = logging.getLogger(__name__)
 SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
 
 
-class ConfigError(ValueError):
-    """A configuration file or flag the job cannot run with; the message says which and why."""
+class OptionParser(argparse.ArgumentParser):
+    """argparse whose every complaint is one ConfigError, not a usage block and sys.exit(2).
+
+    pipeline.run prints it as one `error:` line (exit status 2), as it does every other
+    mistake found on the launcher; --help still prints and exits as usual.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+    def add_value_provider_argument(self, *args, **kwargs) -> argparse.Action:
+        """How some of Beam's options classes declare a flag; here it is a plain one."""
+        return self.add_argument(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One flag as an options class declared it: what a config file's `dest: value` becomes."""
+
+    dest: str
+    option_strings: tuple[str, ...]
+    action: str  # argparse's action name: "store", "store_true", "store_false", "append", ...
+    nargs: int | str | None
+    constrained: bool  # its value must be of a type or among choices (argparse's type=, choices=)
+
+    @property
+    def spelling(self) -> str:
+        """The spelling written for a config key: the longest (--experiments, not --experiment)."""
+        return max(self.option_strings, key=len) if self.option_strings else f"--{self.dest}"
+
+
+class FlagTable(OptionParser):
+    """A parser of the flags of options classes (default: Beam's and this job's), and their table.
+
+    Each flag is recorded as it is added (`declared`), so nothing reads argparse's
+    internals. No abbreviations: a misspelled Beam flag is an error, not a guess.
+    """
+
+    def __init__(self, classes: Iterable[type[PipelineOptions]] | None = None) -> None:
+        self.declared: list[Flag] | None = None  # None while argparse builds its own groups
+        super().__init__(add_help=False, allow_abbrev=False, conflict_handler="resolve")
+        self.declared = []
+        if classes is None:
+            # As Beam's PipelineOptions.get_all_options gathers them: the last definition of
+            # a class wins.
+            classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values()
+        for cls in classes:
+            # The hook through which every options class, VGGOptions too, declares its flags.
+            cls._add_argparse_args(self)
+
+    def add_argument_group(self, *args, **kwargs):
+        if self.declared is None:
+            return super().add_argument_group(*args, **kwargs)
+        return self  # groups only shape --help, which this parser never prints
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if self.declared is not None:
+            kind = kwargs.get("action", "store")
+            self.declared.append(
+                Flag(
+                    dest=action.dest,
+                    option_strings=tuple(action.option_strings),
+                    action=kind if isinstance(kind, str) else kind.__name__,
+                    nargs=kwargs.get("nargs"),
+                    constrained="type" in kwargs or "choices" in kwargs,
+                )
+            )
+        return action
+
+    def by_dest(self) -> dict[str, Flag]:
+        """Every option name with its flag.
+
+        Where several flags share a name (--save_main_session and --no_save_main_session),
+        the one spelled like the name is what a config file's `name: value` means.
+        """
+        flags: dict[str, Flag] = {}
+        for flag in self.declared or ():
+            if flag.dest not in flags or f"--{flag.dest}" in flag.option_strings:
+                flags[flag.dest] = flag
+        return flags
+
+    def spellings(self) -> list[str]:
+        """Every flag as it may be typed, aliases too (--experiment, --no_save_main_session)."""
+        return [spelling for flag in self.declared or () for spelling in flag.option_strings]
+
+
+def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: `kind(text)`, refused (one line naming the flag) outside [low, high]."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}. Received: {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
 class VGGOptions(PipelineOptions):
     """Options of `python -m pipeline.run`; every standard Beam option passes through untouched."""
 
     @classmethod
-    def _add_argparse_args(cls, parser):
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("vgg16 job")
         group.add_argument(
             "--input",
@@ -80,7 +183,7 @@ class VGGOptions(PipelineOptions):
         group.add_argument("--weights", default=None, help="npz, Keras h5 (local or remote), or 'imagenet'")
         group.add_argument("--weights_sha256", default=None, help="refuse weights with another sha256")
         group.add_argument("--embeddings", action="store_true", default=False, help="also write fc7")
-        group.add_argument("--top_k", type=int, default=5, help="labels per image")
+        group.add_argument("--top_k", type=_bounded(int, 1, NUM_CLASSES), default=5, help="labels per image")
         group.add_argument("--resize", choices=RESIZE_MODES, default=RESIZE_MODES[0], help="resize mode")
         group.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0], help="compute precision")
         group.add_argument("--jit", action="store_true", default=False, help="compile the model with XLA")
@@ -101,7 +204,7 @@ class VGGOptions(PipelineOptions):
         )
         group.add_argument(
             "--max_error_fraction",
-            type=float,
+            type=_bounded(float, 0.0, 1.0),
             default=1.0,
             help="exit with status 1 (after writing every row) when more than this fraction of the "
             "inputs failed; 1.0 never fails, since bad files are expected and each is an errors row "
@@ -155,27 +258,9 @@ class VGGOptions(PipelineOptions):
         group.add_argument("--config", default=None, help="YAML file of these and Beam's options")
 
 
-def _all_option_classes(cls=PipelineOptions):
-    for sub in cls.__subclasses__():
-        yield sub
-        yield from _all_option_classes(sub)
-
-
-def known_option_names() -> dict[str, argparse.Action]:
-    """Every option name Beam and this job know, with its argparse action."""
-    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
-    for cls in _all_option_classes():
-        try:
-            cls._add_argparse_args(parser)
-        except argparse.ArgumentError:
-            continue
-    actions: dict[str, argparse.Action] = {}
-    for action in parser._actions:
-        # Several flags can share a dest (--save_main_session / --no_save_main_session):
-        # the one spelled like the key is what a config's `key: value` means.
-        if action.dest not in actions or f"--{action.dest}" in action.option_strings:
-            actions[action.dest] = action
-    return actions
+def known_option_names() -> dict[str, Flag]:
+    """Every option name Beam and this job know, with the flag a config file's key means."""
+    return FlagTable().by_dest()
 
 
 def config_to_argv(config: dict, given: Sequence[str]) -> list[str]:
@@ -184,30 +269,30 @@ def config_to_argv(config: dict, given: Sequence[str]) -> list[str]:
     List-valued options (--input) given on the command line replace the file's list
     rather than append to it. Unknown keys are errors, not silently ignored.
     """
-    actions = known_option_names()
-    unknown = sorted(set(config) - set(actions))
+    parser = FlagTable()
+    flags = parser.by_dest()
+    unknown = sorted(set(config) - set(flags))
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} in the config file; see --help for names.")
-    by_flag = {flag: action.dest for action in actions.values() for flag in action.option_strings}
-    given_names = {by_flag.get(arg.split("=", 1)[0]) for arg in given if arg.startswith("--")}
+    dest_of = {spelling: flag.dest for flag in parser.declared or () for spelling in flag.option_strings}
+    given_names = {dest_of.get(arg.split("=", 1)[0]) for arg in given if arg.startswith("--")}
     argv = []
     for key, value in config.items():
-        action = actions[key]
-        flag = max(action.option_strings, key=len) if action.option_strings else f"--{key}"
-        if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        flag = flags[key]
+        if flag.action in ("store_true", "store_false"):
             if not isinstance(value, bool):
                 raise ConfigError(f"config option {key!r} must be true or false. Received: {value!r}")
-            if value == isinstance(action, argparse._StoreTrueAction):
-                argv.append(flag)
+            if value == (flag.action == "store_true"):
+                argv.append(flag.spelling)
         elif isinstance(value, list):
-            if isinstance(action, argparse._StoreAction) and action.nargs is None:
+            if flag.action == "store" and flag.nargs is None:
                 raise ConfigError(f"config option {key!r} takes one value. Received: {value!r}")
-            if action.nargs in ("*", "+"):
-                argv += [flag, *map(str, value)]
+            if flag.nargs in ("*", "+"):
+                argv += [flag.spelling, *map(str, value)]
             elif key not in given_names:  # append-style (--input, --experiments): one flag each
-                argv += [f"{flag}={item}" for item in value]
+                argv += [f"{flag.spelling}={item}" for item in value]
         elif value is not None:
-            argv.append(f"{flag}={value}")
+            argv.append(f"{flag.spelling}={value}")
     return argv
 
 
@@ -219,7 +304,8 @@ def load_config(path: str) -> dict:
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror or error}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from error
+        # PyYAML's message spans lines (the mark, a caret); the user gets one.
+        raise ConfigError(f"config {path} is not valid YAML: {' '.join(str(error).split())}") from error
     if config is None:
         return {}
     if not isinstance(config, dict):
@@ -229,9 +315,9 @@ def load_config(path: str) -> dict:
     return config
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    """Splits argv into this job's options (YAML config applied) and Beam's flags."""
-    parser = argparse.ArgumentParser(
+def job_parser() -> OptionParser:
+    """The parser of `python -m pipeline.run`'s own flags (and its --help)."""
+    parser = OptionParser(
         prog="python -m pipeline.run",
         description="Label (and embed) images with VGG16 into Parquet. All standard Beam "
         "pipeline options (--runner, --direct_num_workers, --temp_location, --setup_file, "
@@ -239,13 +325,23 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     VGGOptions._add_argparse_args(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Splits argv into this job's options (YAML config applied) and Beam's flags.
+
+    Raises:
+        ConfigError: the first bad, unknown or missing option, in one line naming it.
+    """
+    parser = job_parser()
     first, _ = parser.parse_known_args(argv)
     if first.config:
         argv = [*config_to_argv(load_config(first.config), argv), *argv]
-    args, beam_args = parser.parse_known_args(argv)
+    parsed, beam_args = parser.parse_known_args(argv)
     check_beam_args(beam_args)
     check_flink_job_server(beam_args)
-    validate(args)
+    args = resolve(parsed)
     _warn_about_secret_flags(beam_args)
     return args, beam_args
 
@@ -256,19 +352,17 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
     A misspelled flag (--embedings) would otherwise run a whole job without what it asked for.
 
     Raises:
-        ConfigError: naming the first unknown argument and the closest known flag.
+        ConfigError: naming the first unknown argument and the closest known flag, or a
+            known flag's bad value.
     """
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # as PipelineOptions.get_all_options does
+    parser = FlagTable()
     _, unknown = parser.parse_known_args(list(beam_args))
     if not unknown:
         return
     arg = unknown[0]
     if not arg.startswith("--"):
         raise ConfigError(f"unrecognized argument {arg!r}: every option is a --flag (see --help).")
-    known = [flag for action in parser._actions for flag in action.option_strings]
-    suggestions = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+    suggestions = difflib.get_close_matches(arg.split("=", 1)[0], parser.spellings(), n=1)
     hint = f" (did you mean {suggestions[0]}?)" if suggestions else ""
     raise ConfigError(
         f"unrecognized option {arg.split('=', 1)[0]}{hint}: neither this job nor Beam's pipeline "
@@ -314,19 +408,6 @@ def _warn_about_secret_flags(beam_args: Sequence[str]) -> None:
         )
 
 
-def model_config(args: argparse.Namespace, *, sha256: str | None) -> ModelConfig:
-    """The model a worker loads, from the parsed options (sha256: the launcher's digest of the weights)."""
-    return ModelConfig(
-        weights=args.weights,
-        sha256=sha256,
-        precision=args.precision,
-        jit=args.jit,
-        min_batch_size=args.min_batch_size,
-        max_batch_size=args.batch_size,
-        share_model=args.share_model,
-    )
-
-
 def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
     """The run's provenance for the output tables' footers (pipeline.outputs.provenance)."""
     return outputs.provenance(
@@ -339,68 +420,31 @@ def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
     )
 
 
-def decode_config(args: argparse.Namespace) -> DecodeConfig:
-    """How workers decode, from the parsed options; they decode up to two batches ahead of the model."""
-    return DecodeConfig(
-        resize=args.resize,
-        isolation=args.decode_isolation,
-        timeout_s=args.decode_timeout_s or None,
-        threads=args.decode_threads,
-        prefetch=2 * args.batch_size,
-    )
-
-
 def input_config(args: argparse.Namespace) -> InputConfig:
-    """Where the inputs are and how the job reads them, from the parsed options."""
-    return InputConfig(
-        patterns=tuple(args.input or ()),
-        input_list=args.input_list,
-        format=args.input_format,
-        image_field=args.image_field,
-        key_field=args.key_field,
-        max_bytes=args.max_input_bytes,
-    )
+    """InputConfig.from_args, under the name benchmarks.shards imports."""
+    return InputConfig.from_args(args)
 
 
-def validate(args: argparse.Namespace) -> None:
-    if not args.input and not args.input_list:
-        raise ConfigError("no input: pass --input PATTERN (repeatable) and/or --input_list FILE.")
-    if args.input_format not in FORMATS and (args.image_field or args.key_field):
-        flag = "--image_field" if args.image_field else "--key_field"
-        raise ConfigError(
-            f"{flag} names a part of a shard; it needs a shard format (--input_format "
-            f"{'|'.join(FORMATS)}). Received: --input_format {args.input_format}"
-        )
-    if args.input_format == "webdataset" and args.key_field:
-        raise ConfigError(
-            "--key_field applies to tfrecord and parquet shards; a webdataset sample's key is its "
-            f"member names' (docs/inputs.md). Received: --key_field {args.key_field}"
-        )
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks the parsed options; returns a copy with --min_batch_size's default filled in.
+
+    Each config checks its own fields as it is made here, so a bad value is refused on the
+    launcher before anything runs; what is checked here is the rest: the required --output
+    and the rules that span flags no one config holds. `args` itself is not changed.
+
+    Raises:
+        ConfigError: the first problem, naming the flag, the value received, what to do.
+    """
+    InputConfig.from_args(args)
     if not args.output:
         raise ConfigError("no output: pass --output DIRECTORY.")
-    if not args.weights:
-        raise ConfigError("no weights: pass --weights FILE (npz or Keras h5) or --weights imagenet.")
-    if not 1 <= args.top_k <= 1000:
-        raise ConfigError(f"--top_k must be between 1 and 1000. Received: {args.top_k}")
-    if args.min_batch_size is None:
-        args.min_batch_size = args.batch_size
-    if not 1 <= args.min_batch_size <= args.batch_size:
-        raise ConfigError(
-            "--min_batch_size must be between 1 and --batch_size. "
-            f"Received: min_batch_size={args.min_batch_size}, batch_size={args.batch_size}"
-        )
-    if not 0.0 <= args.max_error_fraction <= 1.0:
-        raise ConfigError(f"--max_error_fraction must be in [0, 1]. Received: {args.max_error_fraction}")
+    model = ModelConfig.from_args(args)
+    DecodeConfig.from_args(args)
     if args.retry_errors and not args.resume:
         raise ConfigError(
             "--retry_errors only applies with --resume (a run without --resume relabels everything)."
         )
-    if args.decode_threads < 1:
-        raise ConfigError(f"--decode_threads must be at least 1. Received: {args.decode_threads}")
-    if args.decode_timeout_s < 0:
-        raise ConfigError(f"--decode_timeout_s must be >= 0 (0: no limit). Received: {args.decode_timeout_s}")
-    if args.max_input_bytes < 1:
-        raise ConfigError(f"--max_input_bytes must be positive. Received: {args.max_input_bytes}")
+    return argparse.Namespace(**{**vars(args), "min_batch_size": model.min_batch_size})
 
 
 def pipeline_options(

@@ -17,10 +17,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from pipeline import inputs, options, outputs, resume, shards  # noqa: E402
-from pipeline.model_handler import VGG16ModelHandler, stage_weights  # noqa: E402
+from pipeline import inputs, logs, options, outputs, resume, shards  # noqa: E402
+from pipeline.model_handler import ModelConfig, VGG16ModelHandler, stage_weights  # noqa: E402
 from pipeline.summary import JobFailed, summarize  # noqa: E402
-from pipeline.transforms import LabelImages  # noqa: E402
+from pipeline.transforms import DecodeConfig, LabelImages  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
 
 log = logging.getLogger("pipeline.run")
@@ -31,7 +31,7 @@ USAGE_ERRORS = (options.ConfigError, WeightsError, inputs.InputError, outputs.Ou
 def check_launch(args) -> WeightsInfo:
     """Everything a user can get wrong, checked before anything is submitted or written."""
     info = describe_weights(stage_weights(args.weights), sha256=args.weights_sha256)
-    shards.check_inputs(options.input_config(args))
+    shards.check_inputs(shards.InputConfig.from_args(args))
     outputs.check_output_writable(args.output)
     return info
 
@@ -43,11 +43,12 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     and `decode` replace the real model handler, loose-file reader and image decoder (tests).
     """
     plan = plan or resume.Plan(args.output)
-    read = pipeline | "Inputs" >> shards.ReadInputs(options.input_config(args), reader=reader, plan=plan)
-    config = options.decode_config(args)
+    source = shards.InputConfig.from_args(args)
+    read = pipeline | "Inputs" >> shards.ReadInputs(source, reader=reader, plan=plan)
+    config = DecodeConfig.from_args(args)
     if decode is not None:
         config = dataclasses.replace(config, decode=decode)
-    handler = handler or VGG16ModelHandler(options.model_config(args, sha256=info.sha256))
+    handler = handler or VGG16ModelHandler(ModelConfig.from_args(args, sha256=info.sha256))
     labelled = read["images"] | "Label" >> LabelImages(
         handler, config, top_k=args.top_k, embeddings=args.embeddings
     )
@@ -71,6 +72,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     FileSystems.set_options(beam_options)
     info = check_launch(args)
     if info.untrained:
+        # Once per run, on the launcher, before anything is submitted.
         log.warning(outputs.UNTRAINED_WARNING)
     plan = resume.prepare(
         args.output,
@@ -87,16 +89,11 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     wall = time.monotonic() - start
     plan.finish()
     print(summarize(result, wall, args.max_error_fraction), flush=True)
-    if info.untrained:
-        print(f"WARNING: {outputs.UNTRAINED_WARNING}", file=sys.stderr)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The job's own progress at INFO; everyone else's (Beam, TensorFlow) from WARNING up.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for ours in ("pipeline", "vgg"):
-        logging.getLogger(ours).setLevel(logging.INFO)
+    logs.configure(logging.INFO)  # the job's own progress; Beam's and TensorFlow's from WARNING up
     try:
         run(argv)
     except USAGE_ERRORS as error:

@@ -22,6 +22,7 @@ ReadInputs is the job's one read step for every --input_format: loose files
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import itertools
@@ -35,16 +36,18 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE, inputs
+from pipeline import METRICS_NAMESPACE, ConfigError, inputs
 from pipeline.inputs import (
     MAX_INPUT_BYTES,
     READ_ATTEMPTS,
+    READ_BACKOFF_S,
     InputError,
     MatchInputs,
     classify,
     first_cause,
     image_id,
     read_bytes,
+    with_retries,
 )
 from pipeline.outputs import ERRORS, error_row
 from pipeline.shard_readers import (
@@ -94,7 +97,6 @@ _COMPRESSION = {
     "parquet": CompressionTypes.UNCOMPRESSED,
 }
 log = logging.getLogger(__name__)
-_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")  # the counter read_bytes' retries count in
 _READERS = {"webdataset": read_webdataset, "tfrecord": read_tfrecord, "parquet": read_parquet}
 _SNIFF_BYTES = 1 << 16
 
@@ -103,10 +105,12 @@ _SNIFF_BYTES = 1 << 16
 class InputConfig:
     """Where the inputs are and how to read them (--input, --input_list, --input_format, ...).
 
+    Every field is checked here, where the config is made (ConfigError, naming the flag).
+
     Attributes:
-        patterns: file patterns; with a shard format they match shards.
+        patterns: file patterns (--input); with a shard format they match shards.
         input_list: a text file of URIs (of shards, with a shard format), one per line.
-        format: one of INPUT_FORMATS.
+        format: one of INPUT_FORMATS (--input_format).
         image_field, key_field: see read_shard (shard formats only).
         max_bytes: a larger file or member is a "too_large" errors row (--max_input_bytes).
     """
@@ -119,13 +123,39 @@ class InputConfig:
     max_bytes: int = MAX_INPUT_BYTES
 
     def __post_init__(self):
+        if not self.patterns and not self.input_list:
+            raise ConfigError("no input: pass --input PATTERN (repeatable) and/or --input_list FILE.")
         if self.format not in INPUT_FORMATS:
-            raise ValueError(f"format must be one of {INPUT_FORMATS}. Received: format={self.format!r}")
-        if self.format == "files" and (self.image_field or self.key_field):
-            raise ValueError(
-                "image_field and key_field name parts of a shard; they need a shard format. Received: "
-                f"image_field={self.image_field!r}, key_field={self.key_field!r}, format='files'"
+            raise ConfigError(
+                f"--input_format (format) must be one of {'|'.join(INPUT_FORMATS)}. Received: {self.format!r}"
             )
+        if self.format not in FORMATS and (self.image_field or self.key_field):
+            flag = "--image_field" if self.image_field else "--key_field"
+            raise ConfigError(
+                f"{flag} names a part of a shard; it needs a shard format (--input_format "
+                f"{'|'.join(FORMATS)}). Received: --input_format {self.format}"
+            )
+        if self.format == "webdataset" and self.key_field:
+            raise ConfigError(
+                "--key_field applies to tfrecord and parquet shards; a webdataset sample's key is its "
+                f"member names' (docs/inputs.md). Received: --key_field {self.key_field}"
+            )
+        if self.max_bytes < 1:
+            raise ConfigError(
+                f"--max_input_bytes (max_bytes) must be at least 1 byte. Received: {self.max_bytes}"
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> InputConfig:
+        """The inputs of a run, from `python -m pipeline.run`'s parsed options."""
+        return cls(
+            patterns=tuple(args.input or ()),
+            input_list=args.input_list,
+            format=args.input_format,
+            image_field=args.image_field,
+            key_field=args.key_field,
+            max_bytes=args.max_input_bytes,
+        )
 
 
 def read_shard(
@@ -136,15 +166,16 @@ def read_shard(
     key_field: str | None = None,
     max_bytes: int = MAX_INPUT_BYTES,
     attempts: int = READ_ATTEMPTS,
-    backoff_s: float = 0.5,
+    backoff_s: float = READ_BACKOFF_S,
     sleep=time.sleep,
 ) -> Iterator[Member | Failure]:
     """Streams one shard: an item per member, in shard order; never raises for bad data.
 
     A read that fails (not damage: an I/O error, e.g. a dropped connection) is retried
-    like pipeline.inputs.read_bytes: `attempts` tries in all with exponential backoff, not
-    found and permission errors at once never. A retry reopens the shard and passes over
-    the items already yielded (the order is fixed), so none is yielded twice.
+    as pipeline.inputs.read_bytes' are (`with_retries`): `attempts` tries in all with
+    exponential backoff and jitter; not found and permission errors never. A retry reopens
+    the shard and passes over the items already yielded (the order is fixed), so none is
+    yielded twice.
 
     Args:
         uri: The shard (local path, gs://, s3://, ...).
@@ -156,27 +187,23 @@ def read_shard(
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
+
+    def attempt(done: int) -> Iterator[Member | Failure]:
+        with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
+            items = _READERS[fmt](uri, handle, image_field, key_field, max_bytes)
+            yield from itertools.islice(items, done, None)  # a retry passes over those yielded
+
     done = 0
-    for attempt in range(1, attempts + 1):
-        try:
-            with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
-                items = _READERS[fmt](uri, handle, image_field, key_field, max_bytes)
-                for item in itertools.islice(items, done, None):
-                    yield item
-                    done += 1
-            return
-        except Exception as error:  # cloud clients raise their own types, not only OSError
-            kind = classify(error)
-            if kind is None and attempt < attempts:
-                _retries.inc()
-                log.warning("read of %s failed (%s); retry %d of %d", uri, error, attempt, attempts - 1)
-                sleep(backoff_s * 2 ** (attempt - 1))
-                continue
-            tries = f" (tried {attempts} times)" if kind is None else ""
-            after = f"after {done} member(s)" if done else "before any member"
-            message = f"{uri}: reading failed {after}{tries}: {first_cause(error)}"
-            yield Failure(uri, "read", kind or "read_error", message)
-            return
+    try:
+        for item in with_retries(attempt, uri, attempts=attempts, backoff_s=backoff_s, sleep=sleep):
+            yield item
+            done += 1
+    except Exception as error:  # cloud clients raise their own types, not only OSError
+        kind = classify(error)
+        tries = f" (tried {attempts} times)" if kind is None else ""
+        after = f"after {done} member(s)" if done else "before any member"
+        message = f"{uri}: reading failed {after}{tries}: {first_cause(error)}"
+        yield Failure(uri, "read", kind or "read_error", message)
 
 
 def sniff(uri: str) -> str | None:

@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import logs
 from pipeline.outputs import (
     ERRORS,
     PREDICTIONS,
@@ -18,10 +20,47 @@ from pipeline.outputs import (
     shard_glob,
 )
 
+# The columns printed: only these are read, never fc7 (16 KiB a row).
+PREDICTION_COLUMNS = ("uri", "width", "height", "labels")
+ERROR_COLUMNS = ("uri", "stage", "error_type")
+NAME_WIDTH = 28
 
-def _read(output: str, table: str):
+
+class Table:
+    """A table's shards: its row count and provenance from their footers, its first rows on demand."""
+
+    def __init__(self, files: list[str]):
+        self.files = files
+        self.metadata = pq.read_schema(files[0]).metadata
+        self.rows = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+
+    def head(self, count: int, columns: tuple[str, ...]) -> list[dict]:
+        """The first `count` rows, in shard order, reading only `columns` and only as far as needed."""
+        rows: list[dict] = []
+        for path in self.files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=max(count, 1), columns=list(columns)):
+                rows += pa.Table.from_batches([batch]).to_pylist()[: count - len(rows)]
+                if len(rows) >= count:
+                    return rows
+        return rows
+
+
+def _table(output: str, table: str) -> Table | None:
     files = match(shard_glob(output, table))
-    return pq.ParquetDataset(files).read() if files else None
+    return Table(files) if files else None
+
+
+def short_name(uri: str, width: int = NAME_WIDTH) -> str:
+    """A uri as one cell: the file's name, or a shard member's `SHARD_NAME#KEY` (pipeline.shards).
+
+    A member's key is what tells the rows of one shard apart, so a name too long to fit
+    loses its start, not its key; a file's name loses its end, as it always has.
+    """
+    path, hash_, member = uri.partition("#")
+    name = os.path.basename(path) + hash_ + member
+    if len(name) <= width:
+        return name
+    return "..." + name[-(width - 3) :] if hash_ else name[:width]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,28 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="the job's --output directory (local)")
     parser.add_argument("--rows", type=int, default=10, help="rows to show")
     args = parser.parse_args(argv)
-    predictions = _read(args.output, PREDICTIONS)
-    errors = _read(args.output, ERRORS)
+    logs.configure()
+    predictions = _table(args.output, PREDICTIONS)
+    errors = _table(args.output, ERRORS)
     if predictions is None and errors is None:
         print(f"error: no predictions-*.parquet or errors-*.parquet in {args.output}", file=sys.stderr)
         return 2
     if predictions is not None:
-        if is_untrained(decode_provenance(predictions.schema.metadata)):
+        if is_untrained(decode_provenance(predictions.metadata)):
             print(f"({UNTRAINED_WARNING})")
-        print(f"{len(predictions)} labelled:")
-        print(f"  {'image':<28} {'size':>11}  top-1 (score)              top-2 (score)")
-        for row in predictions.slice(0, args.rows).to_pylist():
+        print(f"{predictions.rows} labelled:")
+        print(f"  {'image':<{NAME_WIDTH}} {'size':>11}  top-1 (score)              top-2 (score)")
+        for row in predictions.head(args.rows, PREDICTION_COLUMNS):
             first, second = row["labels"][0], row["labels"][1] if len(row["labels"]) > 1 else None
             size = f"{row['width']}x{row['height']}"
             cells = [f"{x['label'][:18]} ({x['score']:.3f})" for x in (first, second) if x]
             print(
-                f"  {os.path.basename(row['uri'])[:28]:<28} {size:>11}  "
+                f"  {short_name(row['uri']):<{NAME_WIDTH}} {size:>11}  "
                 + "  ".join(f"{c:<25}" for c in cells)
             )
-    if errors is not None and len(errors):
-        print(f"{len(errors)} failed:")
-        for row in errors.slice(0, args.rows).to_pylist():
-            print(f"  {os.path.basename(row['uri'])[:28]:<28} {row['stage']}/{row['error_type']}")
+    if errors is not None and errors.rows:
+        print(f"{errors.rows} failed:")
+        for row in errors.head(args.rows, ERROR_COLUMNS):
+            print(f"  {short_name(row['uri']):<{NAME_WIDTH}} {row['stage']}/{row['error_type']}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import concurrent.futures
 import dataclasses
@@ -17,7 +18,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, ConfigError
 from pipeline.inputs import ReadError, image_id, read_bytes
 from pipeline.model_handler import VGG16ModelHandler
 from pipeline.outputs import ERRORS, PREDICTIONS, error_row, prediction_rows
@@ -36,11 +37,15 @@ DECODE_TIMEOUT_S = 60.0
 class DecodeConfig:
     """How a worker turns image bytes into model input.
 
+    Every field is checked here, where the config is made (ConfigError, naming the flag).
+
     Attributes:
-        resize: one of vgg.preprocess.RESIZE_MODES.
-        isolation: one of ISOLATION_MODES.
-        timeout_s: longest one isolated decode may take, or None for no limit.
-        threads: decoder threads per DoFn instance (each with its own child when isolated).
+        resize: one of vgg.preprocess.RESIZE_MODES (--resize).
+        isolation: one of ISOLATION_MODES (--decode_isolation).
+        timeout_s: longest one isolated decode may take, or None for no limit (--decode_timeout_s,
+            where 0 means None).
+        threads: decoder threads per DoFn instance, each with its own child when isolated
+            (--decode_threads).
         prefetch: images handed to the decoder threads ahead of the model.
         decode: the decoding function (importable by reference; tests swap in others).
     """
@@ -54,16 +59,35 @@ class DecodeConfig:
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}. Received: resize={self.resize!r}")
+            raise ConfigError(f"--resize must be one of {'|'.join(RESIZE_MODES)}. Received: {self.resize!r}")
         if self.isolation not in ISOLATION_MODES:
-            raise ValueError(
-                f"isolation must be one of {ISOLATION_MODES}. Received: isolation={self.isolation!r}"
+            raise ConfigError(
+                f"--decode_isolation (isolation) must be one of {'|'.join(ISOLATION_MODES)}. "
+                f"Received: {self.isolation!r}"
             )
-        if self.threads < 1 or self.prefetch < 0:
-            raise ValueError(
-                f"threads must be >= 1 and prefetch >= 0. Received: threads={self.threads}, "
-                f"prefetch={self.prefetch}"
+        if self.timeout_s is not None and self.timeout_s < 0:
+            raise ConfigError(
+                "--decode_timeout_s (timeout_s) must be at least 0 seconds; 0 (None here) means no limit. "
+                f"Received: {self.timeout_s}"
             )
+        if self.threads < 1:
+            raise ConfigError(f"--decode_threads (threads) must be at least 1. Received: {self.threads}")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch (2 x --batch_size) must be at least 0. Received: {self.prefetch}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DecodeConfig:
+        """How workers decode, from `python -m pipeline.run`'s parsed options.
+
+        They decode up to two batches (2 x --batch_size images) ahead of the model.
+        """
+        return cls(
+            resize=args.resize,
+            isolation=args.decode_isolation,
+            timeout_s=args.decode_timeout_s or None,
+            threads=args.decode_threads,
+            prefetch=2 * args.batch_size,
+        )
 
 
 def _failed(stage: str):

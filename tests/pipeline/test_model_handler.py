@@ -5,16 +5,40 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline import ConfigError
 from pipeline.inputs import InputError
 from pipeline.model_handler import ModelConfig, VGG16ModelHandler, stage_weights
+from pipeline.options import job_parser
 from tests.pipeline.faults import faulty
 
 
 def test_config_is_validated_where_it_is_made():
-    with pytest.raises(ValueError, match="precision must be one of .*Received: precision='float64'"):
+    with pytest.raises(ConfigError, match="--precision must be one of .*Received: 'float64'"):
         ModelConfig("w.npz", precision="float64")
-    with pytest.raises(ValueError, match="Received: min_batch_size=9, max_batch_size=8"):
+    with pytest.raises(ConfigError, match="Received: min_batch_size=9, max_batch_size=8"):
         ModelConfig("w.npz", min_batch_size=9, max_batch_size=8)
+    with pytest.raises(
+        ConfigError, match=r"^--batch_size \(max_batch_size\) must be at least 1.*Received: 0$"
+    ):
+        ModelConfig("w.npz", min_batch_size=1, max_batch_size=0)
+    with pytest.raises(ConfigError, match="^no weights: pass --weights FILE"):
+        ModelConfig("")
+    assert issubclass(ConfigError, ValueError)  # what a Python caller may catch
+
+
+def test_config_from_args_fills_in_full_batches():
+    args = job_parser().parse_known_args(
+        ["--weights", "w.npz", "--batch_size", "8", "--precision", "float16"]
+    )[0]
+    assert args.min_batch_size is None  # not given: full batches of --batch_size
+    assert ModelConfig.from_args(args, sha256="ab" * 32) == ModelConfig(
+        "w.npz", sha256="ab" * 32, precision="float16", min_batch_size=8, max_batch_size=8
+    )
+    args.min_batch_size = 2
+    assert ModelConfig.from_args(args).min_batch_size == 2
+    args.batch_size = 0
+    with pytest.raises(ConfigError, match="--batch_size"):
+        ModelConfig.from_args(args)
 
 
 def test_batching_and_sharing_reach_beam():

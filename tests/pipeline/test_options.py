@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.options import ConfigError, config_to_argv, input_config, parse_args
+from pipeline.options import (
+    ConfigError,
+    FlagTable,
+    VGGOptions,
+    config_to_argv,
+    job_parser,
+    parse_args,
+    resolve,
+)
 from pipeline.shards import InputConfig
 from tests.conftest import REPO
 from tests.pipeline.jobs import run_job
@@ -61,12 +71,16 @@ def test_unknown_config_key_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--top_k", "0"], "--top_k must be between 1 and 1000. Received: 0"),
+        (["--top_k", "0"], "argument --top_k: must be between 1 and 1000. Received: 0"),
         (
             ["--batch_size", "4", "--min_batch_size", "8"],
             "--min_batch_size must be between 1 and --batch_size",
         ),
-        (["--max_error_fraction", "2"], "--max_error_fraction must be in [0, 1]. Received: 2.0"),
+        (
+            ["--max_error_fraction", "2"],
+            "argument --max_error_fraction: must be between 0.0 and 1.0. Received: 2",
+        ),
+        (["--batch_size", "0"], "--batch_size (max_batch_size) must be at least 1"),
     ],
 )
 def test_bad_values(extra, message):
@@ -77,14 +91,17 @@ def test_bad_values(extra, message):
 
 def test_input_format_and_its_fields():
     args, _ = parse_args(BASE)
-    assert input_config(args) == InputConfig(patterns=("a/*.jpg",), format="files", max_bytes=256 * 2**20)
+    assert InputConfig.from_args(args) == InputConfig(
+        patterns=("a/*.jpg",), format="files", max_bytes=256 * 2**20
+    )
     args, _ = parse_args([*BASE, "--input_format", "parquet", "--image_field", "img", "--key_field", "id"])
-    assert input_config(args) == InputConfig(
+    assert InputConfig.from_args(args) == InputConfig(
         patterns=("a/*.jpg",), format="parquet", image_field="img", key_field="id", max_bytes=256 * 2**20
     )
     # --input_list names shards with a shard format, as --input does.
     args, _ = parse_args(["--input_list", "l.txt", *BASE[2:], "--input_format", "tfrecord"])
-    assert (input_config(args).input_list, input_config(args).format) == ("l.txt", "tfrecord")
+    config = InputConfig.from_args(args)
+    assert (config.input_list, config.format) == ("l.txt", "tfrecord")
 
 
 @pytest.mark.parametrize(
@@ -113,12 +130,13 @@ def test_shard_fields_need_a_shard_format(extra, message):
 
 
 def test_unknown_input_format_is_refused(capsys):
-    with pytest.raises(SystemExit) as info:
+    with pytest.raises(ConfigError) as info:
         parse_args([*BASE, "--input_format", "zip"])
-    assert info.value.code == 2
-    assert "argument --input_format: invalid choice: 'zip' (choose from 'files', 'webdataset', " in (
-        capsys.readouterr().err
+    assert str(info.value) == (
+        "argument --input_format: invalid choice: 'zip' (choose from 'files', 'webdataset', 'tfrecord', "
+        "'parquet')"
     )
+    assert capsys.readouterr().err == ""  # argparse's usage block is never printed
 
 
 def test_missing_required():
@@ -151,6 +169,8 @@ def test_help_lists_own_options_with_defaults():
         "--runner",
     ):
         assert fragment in done.stdout, fragment
+
+
 def test_help_documents_the_reliability_options(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--help"])
@@ -223,3 +243,139 @@ def test_a_typo_costs_seconds_and_writes_nothing(tmp_path, npz_path, photo_dir):
         "pipeline options know it; nothing was run (see --help)."
     ]
     assert not out.exists()
+
+
+# --------------------------------------------------------------- one line per bad value
+
+# Every flag of the job whose value argparse types or chooses, with values it must refuse:
+# of the wrong type, out of range, or not among the choices. --batch_size is 16 in BASE, so
+# --min_batch_size 17 is over it.
+BAD_VALUES = {
+    "--input_format": ["zip"],
+    "--top_k": ["abc", "0", "1001"],
+    "--resize": ["stretch"],
+    "--precision": ["float64"],
+    "--batch_size": ["0", "-1", "x"],
+    "--min_batch_size": ["0", "17", "1.5"],
+    "--max_error_fraction": ["2", "-0.1", "nan", "x"],
+    "--decode_isolation": ["thread"],
+    "--decode_threads": ["0", "x"],
+    "--decode_timeout_s": ["-1", "x"],
+    "--max_input_bytes": ["0", "x"],
+}
+
+
+def test_every_constrained_flag_has_bad_values_here():
+    # A new flag with a type= or choices= must be added to BAD_VALUES, and so be tested below.
+    declared = FlagTable([VGGOptions]).declared
+    assert sorted(f.option_strings[0] for f in declared if f.constrained) == sorted(BAD_VALUES)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [(flag, value) for flag, values in BAD_VALUES.items() for value in values]
+)
+def test_a_bad_value_is_one_line_naming_the_flag_and_the_value(flag, value, capsys):
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, flag, value])
+    message = str(info.value)
+    assert flag in message and value in message, message
+    assert "\n" not in message
+    assert capsys.readouterr().err == ""  # argparse printed nothing: no usage block
+
+
+@pytest.mark.parametrize("flag", sorted(BAD_VALUES))
+def test_a_flag_without_its_value_is_one_line(flag):
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, flag])
+    assert str(info.value) == f"argument {flag}: expected one argument"
+
+
+def test_a_bad_value_of_a_beam_flag_is_one_line(capsys):
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, "--direct_num_workers=abc"])
+    assert str(info.value) == "argument --direct_num_workers: invalid int value: 'abc'"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "line"),
+    [
+        (["--batch_size", "0"], "error: --batch_size (max_batch_size) must be at least 1: the largest "),
+        (["--input_format", "zip"], "error: argument --input_format: invalid choice: 'zip' (choose from "),
+        (["--top_k", "abc"], "error: argument --top_k: invalid int value: 'abc'"),
+        (["--decode_timeout_s", "-1"], "error: --decode_timeout_s (timeout_s) must be at least 0 seconds"),
+        (["--direct_num_workers=abc"], "error: argument --direct_num_workers: invalid int value: 'abc'"),
+    ],
+)
+def test_a_bad_value_on_the_command_line_is_one_error_line_and_status_2(tmp_path, extra, line):
+    out = tmp_path / "out"
+    done = run_job("--input", "a/*.jpg", "--output", out, "--weights", "w.npz", *extra, check=False)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1, done.stderr  # no usage block, no traceback
+    assert done.stderr.startswith(line), done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("batch_size: 0\n", "--batch_size (max_batch_size) must be at least 1"),
+        ("top_k: abc\n", "argument --top_k: invalid int value: 'abc'"),
+        ("top_k: [1, 2]\n", "config option 'top_k' takes one value. Received: [1, 2]"),
+        ("input: [a\n", "is not valid YAML: while parsing a flow sequence"),
+    ],
+)
+def test_a_bad_value_in_a_config_file_is_one_line(tmp_path, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, "--config", str(config)])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_resolve_returns_new_values_and_leaves_its_input_alone():
+    parsed, _ = job_parser().parse_known_args(BASE)
+    assert parsed.min_batch_size is None
+    args = resolve(parsed)
+    assert (args.min_batch_size, parsed.min_batch_size) == (16, None)  # --batch_size's 16, on the copy
+    assert args is not parsed and vars(args) == {**vars(parsed), "min_batch_size": 16}
+
+
+def test_input_config_checks_its_own_fields():
+    with pytest.raises(ConfigError, match=r"^no input: pass --input PATTERN"):
+        InputConfig()
+    with pytest.raises(
+        ConfigError, match=r"--max_input_bytes \(max_bytes\) must be at least 1 byte\. Received: 0"
+    ):
+        InputConfig(patterns=("a",), max_bytes=0)
+    with pytest.raises(ConfigError, match=r"--input_format \(format\) must be one of files\|webdataset"):
+        InputConfig(patterns=("a",), format="zip")
+    with pytest.raises(ConfigError, match="--key_field applies to tfrecord and parquet shards"):
+        InputConfig(patterns=("a",), format="webdataset", key_field="key")
+    args = argparse.Namespace(
+        input=None,
+        input_list="l.txt",
+        input_format="tfrecord",
+        image_field="img",
+        key_field="id",
+        max_input_bytes=7,
+    )
+    assert InputConfig.from_args(args) == InputConfig(
+        input_list="l.txt", format="tfrecord", image_field="img", key_field="id", max_bytes=7
+    )
+
+
+def test_no_private_argparse_or_beam_attributes_in_pipeline():
+    # The public API or a few lines of our own (STYLE.md): argparse's actions and action
+    # classes and Beam's parser class are internals that change between releases.
+    private = re.compile(
+        r"\._actions\b|\._option_string_actions\b|\bargparse\._|_BeamArgumentParser|_Store\w*Action"
+    )
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "pipeline").glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if private.search(line)
+    ]
+    assert found == []

@@ -10,7 +10,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipeline import ConfigError
 from pipeline.inputs import ReadError, image_id
+from pipeline.options import job_parser
 from pipeline.transforms import DecodeConfig, DecodeImage, LabelImages, ReadImage, ReadImages
 from tests.pipeline.fakes import FakeHandler
 
@@ -124,3 +126,34 @@ def test_failed_inference_batch_becomes_error_rows():
             ),
             label="failed",
         )
+
+
+def test_decode_config_from_args():
+    args = job_parser().parse_known_args(
+        ["--batch_size", "8", "--decode_threads", "3", "--resize", "center_crop"]
+    )[0]
+    # Two batches ahead of the model; the default 60 s timeout.
+    assert DecodeConfig.from_args(args) == DecodeConfig(
+        resize="center_crop", isolation="subprocess", timeout_s=60.0, threads=3, prefetch=16
+    )
+    args.decode_timeout_s = 0.0
+    assert DecodeConfig.from_args(args).timeout_s is None  # 0 on the command line: no limit
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"resize": "stretch"}, "--resize must be one of squash|center_crop. Received: 'stretch'"),
+        (
+            {"isolation": "thread"},
+            "--decode_isolation (isolation) must be one of subprocess|none. Received: 'thread'",
+        ),
+        ({"timeout_s": -1.0}, "--decode_timeout_s (timeout_s) must be at least 0 seconds"),
+        ({"threads": 0}, "--decode_threads (threads) must be at least 1. Received: 0"),
+        ({"prefetch": -2}, "prefetch (2 x --batch_size) must be at least 0. Received: -2"),
+    ],
+)
+def test_decode_config_checks_its_own_fields(fields, message):
+    with pytest.raises(ConfigError) as info:
+        DecodeConfig(**fields)
+    assert str(info.value).startswith(message)
