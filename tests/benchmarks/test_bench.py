@@ -27,15 +27,30 @@ def test_steady_rate_takes_the_fastest_wall_of_each_size():
     assert (got["wall_small_s"], got["wall_large_s"]) == (10.0, 38.0)
     # Memory: the whole tree of the round that peaked highest; the rounds keep their walls only.
     assert got["memory"] == tree(1.9)
-    assert got["rounds"] == [{k: v for k, v in r.items() if k != "memory"} for r in rounds]
+    assert got["rounds"] == [
+        {"wall_small_s": 10.0, "wall_large_s": 40.0, "total_peak_rss_gib": 1.7},
+        {"wall_small_s": 12.0, "wall_large_s": 38.0, "total_peak_rss_gib": 1.9},
+    ]
     with pytest.raises(RuntimeError, match="was not slower than the 60-image run"):
         steady([{"wall_small_s": 10.0, "wall_large_s": 9.0, "memory": tree(1.0)}], 60, 240)
 
 
-def test_decode_rate_on_one_pinned_core_restores_the_cpu_set(tmp_path):
+def test_decode_rate_on_one_pinned_core_restores_the_cpu_set(tmp_path, monkeypatch):
+    import vgg.preprocess
+
     before = os.sched_getaffinity(0)
     paths = make_images(str(tmp_path / "img"), (64, 48), 3)
+    cores_seen = []
+    decode = vgg.preprocess.decode_image
+
+    def watched(data, **kwargs):  # the real decoder, noting the cores it may run on
+        cores_seen.append(os.sched_getaffinity(0))
+        return decode(data, **kwargs)
+
+    monkeypatch.setattr(vgg.preprocess, "decode_image", watched)
     assert bench_decode(paths, passes=2) > 0
+    # One warm-up decode, then 2 passes over 3 files: each allowed one core, of those it had.
+    assert len(cores_seen) == 7 and all(len(cores) == 1 and cores <= before for cores in cores_seen)
     assert os.sched_getaffinity(0) == before  # the jobs started next must get every core
 
 

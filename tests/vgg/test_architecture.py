@@ -6,22 +6,7 @@ import math
 
 from tests.modules import imported_modules
 from vgg import architecture
-from vgg.architecture import (
-    CONV_BLOCKS,
-    DENSE_LAYERS,
-    FC7_DIM,
-    IMAGE_SIZE,
-    LAYER_NAMES,
-    NUM_CLASSES,
-    PRECISIONS,
-    WEIGHT_SHAPES,
-)
-
-
-def test_constants():
-    assert (IMAGE_SIZE, NUM_CLASSES, FC7_DIM) == (224, 1000, 4096)
-    # float32 is the default (first); the reduced ones store and compute in that type.
-    assert PRECISIONS == ("float32", "bfloat16", "float16")
+from vgg.architecture import CONV_BLOCKS, LAYER_NAMES, WEIGHT_SHAPES
 
 
 def test_parameter_count_from_the_shapes():
@@ -47,9 +32,9 @@ def test_layer_names_and_shapes():
     assert WEIGHT_SHAPES["conv5_3"] == ((3, 3, 512, 512), (512,))
     # pool5 is 224 / 2**5 = 7 pixels a side with 512 channels, flattened: 25088 inputs.
     assert WEIGHT_SHAPES["fc6"] == ((25088, 4096), (4096,))
-    assert WEIGHT_SHAPES["fc7"] == ((4096, FC7_DIM), (FC7_DIM,))
-    assert WEIGHT_SHAPES["fc8"] == ((FC7_DIM, NUM_CLASSES), (NUM_CLASSES,))
-    assert dict(DENSE_LAYERS) == {"fc6": 4096, "fc7": FC7_DIM, "fc8": NUM_CLASSES}
+    # Each dense layer takes the one before it: fc7 4096 -> 4096 (the embedding), fc8 4096 -> 1000 classes.
+    assert WEIGHT_SHAPES["fc7"] == ((4096, 4096), (4096,))
+    assert WEIGHT_SHAPES["fc8"] == ((4096, 1000), (1000,))
 
 
 def test_module_imports_nothing_but_the_standard_library():

@@ -56,6 +56,16 @@ def test_weight_shapes_match_the_architecture(model):
         assert (kernel.shape, bias.shape) == WEIGHT_SHAPES[name]
 
 
+def test_default_precision_is_float32(model):
+    # Without a precision (vgg.architecture.PRECISIONS lists the default first) every layer
+    # holds and computes float32: the parity tests' tolerances are float32's.
+    from vgg.architecture import LAYER_NAMES
+
+    for name in LAYER_NAMES:
+        layer = model.get_layer(name)
+        assert (layer.compute_dtype, layer.kernel.dtype, layer.bias.dtype) == ("float32",) * 3, name
+
+
 def test_mean_is_subtracted_in_rgb_order():
     from vgg.model import Preprocess
 
