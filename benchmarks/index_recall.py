@@ -7,7 +7,7 @@ The vectors are synthetic but shaped like VGG16 fc7: 4096-d, non-negative and sp
 (ReLU of a projection), clustered (2,000 "classes" around which images scatter) and of
 low intrinsic dimension (a 256-d latent space whose variances fall off as 1/i). Queries
 are 1,000 more vectors from the same distribution, not in the index. The index is built
-by pipeline.index.build_index exactly as `python -m pipeline.index` builds it, streaming
+by pipeline.tools.index.build_index exactly as `python -m pipeline.index` builds it, streaming
 the vectors in chunks (regenerated for each pass) as it would stream Parquet.
 
 Recall@10 is |approximate top 10 ∩ exact top 10| / 10, averaged over the queries. "Exact"
@@ -32,8 +32,8 @@ import faiss
 import numpy as np
 
 from benchmarks import results, tables
-from pipeline.index import BATCH_ROWS, Embeddings, build_index, normalize
-from pipeline.search import EmbeddingIndex
+from pipeline.tools.index import BATCH_ROWS, Embeddings, build_index, normalize
+from pipeline.tools.search import EmbeddingIndex
 
 
 class SyntheticFc7:

@@ -2,8 +2,8 @@
 
     python -m benchmarks.near_duplicates --weights vgg16_weights.npz [--images 'photos/*.jpg' ...]
 
-Indexes the originals' fc7 (exact index, as pipeline.index builds it), makes edited copies
-of each original, queries with every copy through pipeline.search (same weights, resize and
+Indexes the originals' fc7 (exact index, as pipeline.tools.index builds it), makes edited copies
+of each original, queries with every copy through pipeline.tools.search (same weights, resize and
 precision as the index), and reports recall@1 and recall@5 of finding the original, per
 edit and overall, with the weights used (sha256; untrained or not). Every original except
 the query's own is a distractor; with few originals, compare with the chance levels printed.
@@ -77,9 +77,9 @@ def originals(patterns: list[str]) -> list[str]:
 
 def measure(weights: str, paths: list[str], resize: str) -> dict:
     """Indexes the originals, queries with each edit's copies; recall, cosines and margins per edit."""
-    from pipeline.index import ArrayEmbeddings, build_index
-    from pipeline.inputs import image_id
-    from pipeline.search import Searcher, embed_images
+    from pipeline.contract import image_id
+    from pipeline.tools.index import ArrayEmbeddings, build_index
+    from pipeline.tools.search import Searcher, embed_images
     from vgg.inference import Predictor
 
     predictor = Predictor(weights)

@@ -1,10 +1,10 @@
-"""Fitting the index's PCA: faiss' PCAMatrix against the numpy fit pipeline.index uses, on the same rows.
+"""Fitting the index's PCA: faiss' PCAMatrix against the numpy fit of pipeline.tools.index, same rows.
 
     python -m benchmarks.pca                # writes benchmarks/results/pca.{json,txt}
 
 Rows are the synthetic fc7-like vectors of benchmarks.index_recall, L2-normalised as
-pipeline.index normalises them before fitting; both fits reduce 4096-d to --dim. numpy's
-fit (`pipeline.index.fit_pca`: covariance in chunks + `eigh`, or the SVD with fewer rows
+pipeline.tools.index normalises them before fitting; both fits reduce 4096-d to --dim. numpy's
+fit (`pipeline.tools.index.fit_pca`: covariance in chunks + `eigh`, or the SVD with fewer rows
 than dimensions) runs on each of --numpy_rows; faiss' `PCAMatrix.train` on --faiss_rows
 only, since it is the slow one. Each fit runs once (they take seconds to minutes; noise
 is small against that, and a second faiss fit would double the command's time).
@@ -20,7 +20,7 @@ import faiss
 
 from benchmarks import results, tables
 from benchmarks.index_recall import SyntheticFc7
-from pipeline.index import fit_pca, normalize
+from pipeline.tools.index import fit_pca, normalize
 
 
 def rows(count: int):
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     fits = []
     for count in numpy_rows:
         seconds, kept = time_numpy(rows(count), args.dim)
-        fits.append({"library": "numpy (pipeline.index.fit_pca)", "rows": count, "seconds": seconds,
+        fits.append({"library": "numpy (pipeline.tools.index.fit_pca)", "rows": count, "seconds": seconds,
                      "variance_kept": kept})  # fmt: skip
     fits.append({"library": "faiss PCAMatrix.train", "rows": args.faiss_rows,
                  "seconds": time_faiss(rows(args.faiss_rows), args.dim), "variance_kept": None})  # fmt: skip

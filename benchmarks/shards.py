@@ -8,7 +8,7 @@ recipe), packs them into tar shards of --per_shard images (WebDataset layout, wr
 with tarfile), and measures, for each layout in alternating rounds, each in a fresh
 process on the DirectRunner:
 
-- read: the job's read step alone (pipeline.shards.ReadInputs, then a count), which is
+- read: the job's read step alone (pipeline.job.read.shards.ReadInputs, then a count), which is
   where loose files and shards differ;
 - job: `python -m pipeline.run --embeddings` end to end (synthesized, UNTRAINED weights
   unless --weights: speed does not depend on their values); its wall and images/s are
@@ -77,12 +77,12 @@ def _read_step(argv: list[str]) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import shards
-    from pipeline.options import input_config, parse_args
-    from pipeline.summary import counters
+    from pipeline.job.options import parse_args
+    from pipeline.job.read import shards
+    from pipeline.job.summary import counters
 
     args, beam_args = parse_args([*argv, "--weights", "unused"])  # the launcher wants weights; unread here
-    config = input_config(args)
+    config = shards.InputConfig.from_args(args)
     start = time.perf_counter()
     shards.check_inputs(config)
     pipeline = beam.Pipeline(options=PipelineOptions(beam_args))

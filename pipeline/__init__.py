@@ -1,4 +1,4 @@
-"""The Beam job around VGG16: options, inputs, the labelling transforms, the output tables, search."""
+"""The Beam job around VGG16 (pipeline.job), its output contract, the tools that read it (pipeline.tools)."""
 
 import warnings
 

@@ -1,30 +1,27 @@
-"""The output contract: table schemas, shard names, provenance, and the transform that writes both tables.
+"""The output contract: the two tables' schemas and rows, the errors vocabulary, provenance, shard names.
 
-Every reader and writer of a job's output goes through here: `pipeline.run` writes with
-`WriteOutputs`, `pipeline.resume` finds earlier shards and compares their provenance,
-and `pipeline.index`, `search`, `report` and `show` read the tables and their provenance.
+One home for what the job writes and every reader reads: the job (pipeline.job) writes
+these rows under these names, `pipeline.job.resume` compares provenance, and the tools
+(pipeline.tools: index, search, report, show, export) read them. Nothing here imports
+Beam: a reader of an output needs only this module and pyarrow (pipeline.storage lists
+and opens an output's files wherever they are).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet
 
-from pipeline.inputs import READ_ERROR_TYPES, first_cause
-from pipeline.sandbox import DECODER_ERROR_TYPES
 from vgg.architecture import FC7_DIM
 from vgg.classes import class_names, top_k
 from vgg.preprocess import ERROR_TYPES as IMAGE_ERROR_TYPES
+from vgg.sandbox import DECODER_ERROR_TYPES
 from vgg.weights import UNTRAINED_WARNING, WeightsInfo
 
 log = logging.getLogger(__name__)
@@ -41,6 +38,18 @@ EMBEDDING_KEYS = ("weights_sha256", "resize", "precision")
 TABLE_KEYS = (*EMBEDDING_KEYS, "top_k")
 _ATTEMPT = re.compile(r"-r(\d+)-\d+-of-\d+\.parquet$")
 __all__ = ["UNTRAINED_WARNING"]  # re-exported: the one warning text, from vgg.weights
+
+# The error_type of an errors row from the read stage, for loose files and shards
+# (pipeline.job.read.shards) alike: the one home of this vocabulary.
+READ_ERROR_TYPES: dict[str, str] = {
+    "not_found": "the file does not exist (any more): deleted between listing and reading",
+    "permission_denied": "the job's credentials may not read the file",
+    "too_large": "the file or shard member is over --max_input_bytes; not read to the end",
+    "read_error": "any other read failure, after retries with backoff",
+    "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
+    "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
+    "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
+}
 
 LABEL = pa.struct(
     [
@@ -61,7 +70,12 @@ ERROR_TYPES: dict[str, dict[str, str]] = {
 }
 
 
-# ------------------------------------------------------------------- schemas and rows
+# ------------------------------------------------------------------- ids, schemas and rows
+
+
+def image_id(uri: str) -> str:
+    """Stable, unique id of an input: the first 32 hex digits (128 bits) of SHA-256 of its URI."""
+    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
 
 
 def predictions_schema(*, embeddings: bool, provenance: dict[str, str]) -> pa.Schema:
@@ -153,16 +167,6 @@ def decode_provenance(metadata: dict[bytes, bytes] | None) -> dict[str, str]:
     return {k.removeprefix(METADATA_PREFIX): v for k, v in found.items() if k.startswith(METADATA_PREFIX)}
 
 
-def read_schema(path: str) -> pa.Schema:
-    """The Arrow schema (columns and provenance) of one shard, local or remote."""
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return pq.read_schema(handle)
-
-
-def read_provenance(path: str) -> dict[str, str]:
-    return decode_provenance(read_schema(path).metadata)
-
-
 def disagreements(old: dict[str, str], new: dict[str, str], keys: tuple[str, ...]) -> list[str]:
     """`key 'old' -> 'new'` for each key whose value differs (a missing key counts as None)."""
     return [f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
@@ -175,6 +179,13 @@ def is_untrained(values: dict[str, str]) -> bool:
 # ------------------------------------------------------------------- shard names
 
 
+def join(output: str, name: str) -> str:
+    """`output/name` for a local folder or a bucket URI (gs://b/out, s3://b/out), as Beam joins them."""
+    if "://" in output:
+        return f"{output.rstrip('/')}/{name}"
+    return os.path.join(output, name)
+
+
 def shard_prefix(output: str, table: str, attempt: int = 0) -> str:
     """The file prefix of a table's shards: `output/table` for attempt 0, else `output/table-r00n`.
 
@@ -182,21 +193,13 @@ def shard_prefix(output: str, table: str, attempt: int = 0) -> str:
     `predictions-r00n-00000-of-00002.parquet` beside it, so no shard is ever overwritten
     and every shard still matches shard_glob.
     """
-    base = FileSystems.join(output, table)
+    base = join(output, table)
     return base if attempt == 0 else f"{base}-r{attempt:03d}"
 
 
 def shard_glob(output: str, table: str) -> str:
     """The pattern matching every shard of a table in `output`, of every attempt."""
-    return FileSystems.join(output, f"{table}-*-of-*{SUFFIX}")
-
-
-def match(pattern: str) -> list[str]:
-    """Sorted paths matching a pattern (local, gs://, s3://); none when it cannot be listed."""
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except (BeamIOError, OSError):
-        return []
+    return join(output, f"{table}-*-of-*{SUFFIX}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,89 +218,3 @@ class Shards:
         """1 + the highest attempt number found (a first run's shards count as attempt 0)."""
         found = [int(m.group(1)) for p in self.paths if (m := _ATTEMPT.search(p))]
         return max(found, default=0) + 1 if self.paths else 0
-
-
-def find_shards(output: str) -> Shards:
-    return Shards(
-        predictions=tuple(match(shard_glob(output, PREDICTIONS))),
-        errors=tuple(match(shard_glob(output, ERRORS))),
-    )
-
-
-# ------------------------------------------------------------------- writing
-
-
-class WriteOutputs(beam.PTransform):
-    """{"predictions": rows, "errors": rows} -> the two Parquet tables, zstd, provenance in each footer."""
-
-    def __init__(self, output: str, *, provenance: dict[str, str], embeddings: bool, attempt: int = 0):
-        super().__init__()
-        self._output = output
-        self._provenance = provenance
-        self._embeddings = embeddings
-        self._attempt = attempt
-
-    def expand(self, tables):
-        common = {"codec": "zstd", "file_name_suffix": SUFFIX, "shard_name_template": SHARD_TEMPLATE}
-        schemas = {
-            PREDICTIONS: predictions_schema(embeddings=self._embeddings, provenance=self._provenance),
-            ERRORS: errors_schema(provenance=self._provenance),
-        }
-        # fc7 rows are 16 KiB each: smaller record batches keep a writer's memory flat.
-        batch_rows = {PREDICTIONS: 256, ERRORS: 1000}
-        return {
-            table: tables[table]
-            | f"Write{table.title()}"
-            >> WriteToParquet(
-                shard_prefix(self._output, table, self._attempt),
-                schemas[table],
-                record_batch_size=batch_rows[table],
-                **common,
-            )
-            for table in TABLES
-        }
-
-
-def check_output_writable(output: str) -> None:
-    """Creates the output directory if needed and proves a file can be written there.
-
-    Raises:
-        OutputError: naming the directory and why.
-    """
-    probe = FileSystems.join(output, f".write-check-{os.getpid()}")
-    try:
-        if "://" not in output:
-            os.makedirs(output, exist_ok=True)
-        with FileSystems.create(probe) as handle:
-            handle.write(b"ok")
-        FileSystems.delete([probe])
-    except (BeamIOError, OSError) as error:
-        raise OutputError(f"--output {output!r} is not writable: {first_cause(error)}") from error
-
-
-class OutputError(ValueError):
-    """An output directory the job cannot write."""
-
-
-def remove_shards(paths: tuple[str, ...] | list[str]) -> None:
-    if paths:
-        log.info("replacing %d existing output file(s)", len(paths))
-        FileSystems.delete(list(paths))
-
-
-def remove_empty_temp_dirs(output: str) -> None:
-    """Removes the empty `beam-temp-*` folders a local output can keep after retried bundles.
-
-    Beam's file sinks make a uniquely named temp folder per (attempt of) their
-    initialisation and delete only the one the final write used. Object stores have no
-    empty folders; locally, rmdir only ever removes an empty one, so a folder another
-    job is still writing into is left alone.
-    """
-    if "://" in output or not os.path.isdir(output):
-        return
-    for name in os.listdir(output):
-        if name.startswith(tuple(f"beam-temp-{table}" for table in TABLES)):
-            try:
-                os.rmdir(os.path.join(output, name))
-            except OSError:
-                continue

@@ -17,22 +17,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from pipeline import inputs, logs, options, outputs, resume, shards  # noqa: E402
-from pipeline.model_handler import ModelConfig, VGG16ModelHandler, stage_weights  # noqa: E402
-from pipeline.summary import JobFailed, summarize  # noqa: E402
-from pipeline.transforms import DecodeConfig, LabelImages  # noqa: E402
+from pipeline import contract, logs, storage  # noqa: E402
+from pipeline.job import options, resume, write  # noqa: E402
+from pipeline.job.decode import DecodeConfig  # noqa: E402
+from pipeline.job.label import LabelImages  # noqa: E402
+from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler  # noqa: E402
+from pipeline.job.read import shards  # noqa: E402
+from pipeline.job.summary import JobFailed, summarize  # noqa: E402
+from pipeline.storage import stage_weights  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
 
 log = logging.getLogger("pipeline.run")
 # A user's mistake, found on the launcher: one `error:` line and exit status 2.
-USAGE_ERRORS = (options.ConfigError, WeightsError, inputs.InputError, outputs.OutputError)
+USAGE_ERRORS = (options.ConfigError, WeightsError, storage.InputError, write.OutputError)
 
 
 def check_launch(args) -> WeightsInfo:
     """Everything a user can get wrong, checked before anything is submitted or written."""
     info = describe_weights(stage_weights(args.weights), sha256=args.weights_sha256)
     shards.check_inputs(shards.InputConfig.from_args(args))
-    outputs.check_output_writable(args.output)
+    write.check_output_writable(args.output)
     return info
 
 
@@ -52,10 +56,10 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     labelled = read["images"] | "Label" >> LabelImages(
         handler, config, top_k=args.top_k, embeddings=args.embeddings
     )
-    errors = (read[outputs.ERRORS], labelled[outputs.ERRORS]) | "AllErrors" >> beam.Flatten()
-    tables = {outputs.PREDICTIONS: labelled[outputs.PREDICTIONS], outputs.ERRORS: errors}
+    errors = (read[contract.ERRORS], labelled[contract.ERRORS]) | "AllErrors" >> beam.Flatten()
+    tables = {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
     provenance = options.provenance(args, info)
-    tables | "Write" >> outputs.WriteOutputs(
+    tables | "Write" >> write.WriteOutputs(
         args.output, provenance=provenance, embeddings=args.embeddings, attempt=plan.attempt
     )
 
@@ -73,7 +77,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     info = check_launch(args)
     if info.untrained:
         # Once per run, on the launcher, before anything is submitted.
-        log.warning(outputs.UNTRAINED_WARNING)
+        log.warning(contract.UNTRAINED_WARNING)
     plan = resume.prepare(
         args.output,
         resume=args.resume,

@@ -134,8 +134,8 @@ class Report:
 
 def fuzz_decode(count: int, seed: int, *, timeout_s: float = 30.0) -> Report:
     """Decodes every mutant in an isolated child; counts outcomes."""
-    from pipeline.sandbox import DecoderCrashed, IsolatedDecoder
     from vgg.preprocess import ImageError
+    from vgg.sandbox import DecoderCrashed, IsolatedDecoder
 
     report = Report()
     decoder = IsolatedDecoder(timeout_s=timeout_s)
@@ -171,7 +171,9 @@ def fuzz_pipeline(count: int, seed: int, folder: pathlib.Path) -> tuple[int, int
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.transforms import DecodeConfig, LabelImages, ReadImages
+    from pipeline.job.decode import DecodeConfig
+    from pipeline.job.label import LabelImages
+    from pipeline.job.read.files import ReadImages
     from tests.pipeline.fakes import FakeHandler
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,8 +206,8 @@ def fuzz_pipeline(count: int, seed: int, folder: pathlib.Path) -> tuple[int, int
 
 def isolation_cost(repeats: int = 15) -> dict[str, float]:
     """ms per image to decode ~50 real photos in-process vs. in an IsolatedDecoder (min of repeats)."""
-    from pipeline.sandbox import IsolatedDecoder
     from vgg.preprocess import decode_image
+    from vgg.sandbox import IsolatedDecoder
 
     photos = []
     for path in sorted(SAMPLES.iterdir()):

@@ -113,13 +113,13 @@ def rss_bytes() -> int:
 
 
 def stream_growth(uri: str, fmt: str, *, warm_up: str, max_bytes: int) -> dict:
-    """Reads warm_up, then uri, through pipeline.shards; the peak growth of resident memory.
+    """Reads warm_up, then uri, through pipeline.job.read.shards; the peak growth of resident memory.
 
     Meant for a fresh process (python -m tests.shards): one that wrote the shard keeps
     freed memory in its allocators, which the reader would reuse unseen. The warm-up shard
     takes what a first read sets up once per process (TensorFlow's parser, Arrow's pools).
     """
-    from pipeline.shards import Member, read_shard
+    from pipeline.job.read.shards import Member, read_shard
 
     list(read_shard(warm_up, fmt))
     before = rss_bytes()

@@ -15,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 from vgg.architecture import FC7_DIM, NUM_CLASSES, PRECISIONS  # noqa: E402
 from vgg.classes import decode_predictions  # noqa: E402
-from vgg.preprocess import RESIZE_MODES, ImageError, load_image  # noqa: E402
+from vgg.preprocess import RESIZE_MODES, ImageError  # noqa: E402
+from vgg.sandbox import DECODE_TIMEOUT_S, DecodeFailed, DecoderCrashed, IsolatedDecoder  # noqa: E402
 from vgg.weights import UNTRAINED_WARNING, WeightsError, describe_weights  # noqa: E402
 
 
@@ -58,16 +59,32 @@ def main(argv: list[str] | None = None) -> int:
     from vgg.inference import Predictor  # noqa: PLC0415  (imports TensorFlow)
 
     predictor = Predictor(info.path, precision=args.precision, sha256=info.sha256)
+    # The images are untrusted bytes: decoded in a child process, as the Beam job decodes
+    # them, so a crash or a hang in a native decoder is one error line, not this process.
+    decoder = IsolatedDecoder(timeout_s=DECODE_TIMEOUT_S)
+    try:
+        failed = _label(args, predictor, decoder, np)
+    finally:
+        decoder.close()
+    return 1 if failed else 0
+
+
+def _label(args: argparse.Namespace, predictor, decoder: IsolatedDecoder, np) -> int:
+    """Prints each image's labels; returns how many images failed (each named on stderr)."""
     failed = 0
     for start in range(0, len(args.images), args.batch_size):
         uris, pixels = [], []
         for uri in args.images[start : start + args.batch_size]:
             try:
-                pixels.append(load_image(uri, resize=args.resize).pixels)
+                with open(uri, "rb") as file:
+                    data = file.read()
+                pixels.append(decoder(data, resize=args.resize).pixels)
                 uris.append(uri)
-            except (ImageError, OSError) as error:
+            except (ImageError, DecoderCrashed, DecodeFailed, OSError) as error:
                 failed += 1
-                kind = getattr(error, "error_type", "read_error")
+                kind = getattr(
+                    error, "error_type", "decode_error" if isinstance(error, DecodeFailed) else "read_error"
+                )
                 print(f"error: {uri}: {kind}: {error}", file=sys.stderr)
         if not uris:
             continue
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {rank}. {label['score']:.4f}  {label['wnid']}  {label['label']}")
                 if args.fc7:
                     print(f"  fc7: {np.array2string(embedding[:6], precision=4)} ... ({FC7_DIM} floats)")
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

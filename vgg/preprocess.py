@@ -220,7 +220,7 @@ def open_image(data: bytes) -> Image.Image:
 def upright(img: Image.Image) -> Image.Image:
     """The image as viewers display it: turned and flipped as its EXIF orientation tag says.
 
-    The one orientation rule of the project (``decode_image``, ``pipeline.report``'s
+    The one orientation rule of the project (``decode_image``, ``pipeline.tools.report``'s
     thumbnails). A missing, unreadable or unknown tag leaves the image as stored. The
     result still carries the tag, so apply this once.
     """

@@ -3,7 +3,7 @@
 Pillow's decoders are C code fed with untrusted bytes. A segfault, an abort or the
 kernel's out-of-memory killer there would take the whole SDK worker down, and on
 Dataflow the bundle would be retried until the job fails. `IsolatedDecoder` keeps one
-long-lived child (`python -m pipeline.sandbox`, a fresh interpreter: nothing of the
+long-lived child (`python -m vgg.sandbox`, a fresh interpreter: nothing of the
 worker's TensorFlow or gRPC threads is forked) per DoFn instance and talks to it over
 pipes. When the child dies the call raises `DecoderCrashed("crashed")` and the next
 call starts a new child; when a call runs past `timeout_s` the child is killed and
@@ -38,6 +38,8 @@ from vgg.preprocess import DecodedImage, ImageError, decode_image
 _LENGTH = struct.Struct(">Q")
 _PIXELS_HEADER = struct.Struct(">IIIII")  # width, height, then the pixel array's shape
 _START_TIMEOUT_S = 120.0
+# The longest one decode may take by default (the job's --decode_timeout_s, the tools' queries).
+DECODE_TIMEOUT_S = 60.0
 
 
 # The decode-stage error types this module adds to the decoder's own (vgg.preprocess.ERROR_TYPES).
@@ -117,7 +119,7 @@ class IsolatedDecoder:
         # package, a test's stand-in decoder) wherever that was installed.
         path = [p for p in sys.path if p]
         self._child = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.sandbox"],
+            [sys.executable, "-m", "vgg.sandbox"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None,  # the child's warnings go to the worker's log

@@ -11,7 +11,7 @@ happens there (the pattern of etcd's gofail and TiKV's fail-rs):
 `pause:FILE` holds the calling thread for as long as FILE exists, after writing
 `FILE.paused.PID` so the test knows which process is held; removing FILE releases it.
 Unset (every user's run), `hit` returns at once. Places: "label", before each batch goes
-through the model (pipeline.model_handler).
+through the model (pipeline.job.model_handler).
 """
 
 from __future__ import annotations

@@ -1,220 +1,25 @@
-"""The job's transforms: read, decode, RunInference, format; every input leaves as one row."""
+"""The labelling step: images -> decode -> RunInference (VGG16) -> rows; every image leaves as one row."""
 
 from __future__ import annotations
 
-import argparse
-import collections
-import concurrent.futures
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline import METRICS_NAMESPACE, ConfigError
-from pipeline.inputs import ReadError, image_id, read_bytes
-from pipeline.model_handler import VGG16ModelHandler
-from pipeline.outputs import ERRORS, PREDICTIONS, error_row, prediction_rows
-from pipeline.sandbox import DecodeFailed, DecoderCrashed, IsolatedDecoder
-from vgg.preprocess import RESIZE_MODES, ImageError, decode_image
+from pipeline import METRICS_NAMESPACE
+from pipeline.contract import ERRORS, PREDICTIONS, error_row, prediction_rows
+from pipeline.job.decode import DecodeConfig, DecodeImage
+from pipeline.job.model_handler import VGG16ModelHandler
 
 log = logging.getLogger(__name__)
-
-# "subprocess": decode in a child process per decoder thread (crashes contained);
-# "none": decode in the worker's own process (no per-image overhead, no containment).
-ISOLATION_MODES = ("subprocess", "none")
-DECODE_TIMEOUT_S = 60.0
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How a worker turns image bytes into model input.
-
-    Every field is checked here, where the config is made (ConfigError, naming the flag).
-
-    Attributes:
-        resize: one of vgg.preprocess.RESIZE_MODES (--resize).
-        isolation: one of ISOLATION_MODES (--decode_isolation).
-        timeout_s: longest one isolated decode may take, or None for no limit (--decode_timeout_s,
-            where 0 means None).
-        threads: decoder threads per DoFn instance, each with its own child when isolated
-            (--decode_threads).
-        prefetch: images handed to the decoder threads ahead of the model.
-        decode: the decoding function (importable by reference; tests swap in others).
-    """
-
-    resize: str = RESIZE_MODES[0]
-    isolation: str = ISOLATION_MODES[0]
-    timeout_s: float | None = DECODE_TIMEOUT_S
-    threads: int = 1
-    prefetch: int = 32
-    decode: Callable = decode_image
-
-    def __post_init__(self):
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"--resize must be one of {'|'.join(RESIZE_MODES)}. Received: {self.resize!r}")
-        if self.isolation not in ISOLATION_MODES:
-            raise ConfigError(
-                f"--decode_isolation (isolation) must be one of {'|'.join(ISOLATION_MODES)}. "
-                f"Received: {self.isolation!r}"
-            )
-        if self.timeout_s is not None and self.timeout_s < 0:
-            raise ConfigError(
-                "--decode_timeout_s (timeout_s) must be at least 0 seconds; 0 (None here) means no limit. "
-                f"Received: {self.timeout_s}"
-            )
-        if self.threads < 1:
-            raise ConfigError(f"--decode_threads (threads) must be at least 1. Received: {self.threads}")
-        if self.prefetch < 0:
-            raise ConfigError(f"prefetch (2 x --batch_size) must be at least 0. Received: {self.prefetch}")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DecodeConfig:
-        """How workers decode, from `python -m pipeline.run`'s parsed options.
-
-        They decode up to two batches (2 x --batch_size images) ahead of the model.
-        """
-        return cls(
-            resize=args.resize,
-            isolation=args.decode_isolation,
-            timeout_s=args.decode_timeout_s or None,
-            threads=args.decode_threads,
-            prefetch=2 * args.batch_size,
-        )
 
 
 def _failed(stage: str):
     return Metrics.counter(METRICS_NAMESPACE, f"failed_{stage}")
-
-
-class ReadImage(beam.DoFn):
-    """uri -> (image_id, uri, bytes); unreadable files go to the errors output."""
-
-    def __init__(self, reader=read_bytes):
-        self._reader = reader
-        self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
-        self._failed = _failed("read")
-
-    def process(self, uri: str):
-        key = image_id(uri)
-        try:
-            data = self._reader(uri)
-        except ReadError as error:
-            self._failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", error.error_type, str(error)))
-            return
-        except Exception as error:  # a reader bug on one file must not fail the job
-            self._failed.inc()
-            message = f"{uri}: {type(error).__name__}: {error}"
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", "read_error", message))
-            return
-        self._read.inc()
-        yield key, uri, data
-
-
-class DecodeImage(beam.DoFn):
-    """(image_id, uri, bytes) -> ((image_id, uri, width, height), uint8 224x224x3 pixels).
-
-    Only the compact preprocessed array travels on to the model; bad images become
-    errors rows with the decoder's error_type. With isolation "subprocess" (the
-    default) decoding runs in child processes (pipeline.sandbox), so a crash in
-    Pillow's native code, or a decode running past timeout_s, becomes one errors row
-    ("crashed", "timeout") instead of killing the worker.
-
-    Decoding runs ahead of the model: up to `prefetch` images are handed to `threads`
-    decoder threads while the model is busy with the previous batch, so decode CPU
-    overlaps inference instead of adding to it. Outputs keep the input order; what is
-    still in flight leaves in finish_bundle.
-    """
-
-    def __init__(self, config: DecodeConfig):
-        self._config = config
-        self._pool = None
-        self._failed = _failed("decode")
-        self._crashes = Metrics.counter(METRICS_NAMESPACE, "decoder_crashes")
-        self._decode_ms = Metrics.distribution(METRICS_NAMESPACE, "decode_ms")
-
-    def setup(self):
-        self._local = threading.local()
-        self._decoders: list[IsolatedDecoder] = []
-        self._decoders_lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._config.threads, thread_name_prefix="decode")
-        self._pending: collections.deque = collections.deque()
-
-    def teardown(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for decoder in self._decoders:
-            decoder.close()
-
-    def _decoder(self):
-        """This thread's decoder: its own child process when isolated."""
-        if self._config.isolation == "none":
-            return self._config.decode
-        decoder = getattr(self._local, "decoder", None)
-        if decoder is None:
-            decoder = IsolatedDecoder(self._config.decode, timeout_s=self._config.timeout_s or None)
-            self._local.decoder = decoder
-            with self._decoders_lock:
-                self._decoders.append(decoder)
-        return decoder
-
-    def _decode_one(self, element):
-        """Runs on a decoder thread; returns a plain result (Beam metrics belong to the DoFn's thread)."""
-        key, uri, data = element
-        start = time.perf_counter()
-        try:
-            image = self._decoder()(data, resize=self._config.resize)
-        except ImageError as error:
-            return "error", error_row(key, uri, "decode", error.error_type, str(error)), None
-        except DecoderCrashed as error:
-            row = error_row(key, uri, "decode", error.error_type, f"{error.error_type}: {error}")
-            return "crashed", row, f"decoder {error.error_type} on {uri}: {error}"
-        except Exception as error:  # a decoder bug on one file must not fail the job
-            message = str(error) if isinstance(error, DecodeFailed) else f"{type(error).__name__}: {error}"
-            return "error", error_row(key, uri, "decode", "decode_error", message), None
-        elapsed_ms = int((time.perf_counter() - start) * 1000)
-        return "ok", ((key, uri, image.width, image.height), image.pixels), elapsed_ms
-
-    def _outputs(self, result):
-        kind, payload, extra = result
-        if kind == "ok":
-            self._decode_ms.update(extra)
-            return payload
-        self._failed.inc()
-        if kind == "crashed":
-            self._crashes.inc()
-            log.warning(extra)
-        return beam.pvalue.TaggedOutput(ERRORS, payload)
-
-    def process(self, element):
-        if self._pool is None:  # setup() not called (a DoFn used outside Beam)
-            self.setup()
-        self._pending.append(self._pool.submit(self._decode_one, element))
-        while len(self._pending) > self._config.prefetch:
-            yield self._outputs(self._pending.popleft().result())
-
-    def finish_bundle(self):
-        while self._pending:
-            output = self._outputs(self._pending.popleft().result())
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
-            else:
-                yield _in_global_window(output)
-
-
-def _in_global_window(value) -> WindowedValue:
-    # finish_bundle must say where its outputs belong; this job is a batch job in the
-    # global window, where everything Decode receives lives.
-    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
 
 
 class _Progress:
@@ -264,18 +69,6 @@ def failed_batch_rows(failure):
     _failed("inference").inc(len(batch))
     for (key, uri, _, _), _ in batch:
         yield error_row(key, uri, "inference", "inference_error", str(error_repr))
-
-
-class ReadImages(beam.PTransform):
-    """URIs -> {"images": (image_id, uri, bytes), "errors": rows}; each URI lands in one of them."""
-
-    def __init__(self, reader=read_bytes):
-        super().__init__()
-        self._reader = reader
-
-    def expand(self, uris):
-        read = uris | "Read" >> beam.ParDo(ReadImage(self._reader)).with_outputs(ERRORS, main="images")
-        return {"images": read.images, ERRORS: read[ERRORS]}
 
 
 class LabelImages(beam.PTransform):

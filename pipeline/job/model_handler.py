@@ -5,20 +5,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from apache_beam.io.filesystem import BeamIOError
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as _beam_inference
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline import METRICS_NAMESPACE, ConfigError, failpoints
-from pipeline.inputs import InputError, first_cause
+from pipeline import METRICS_NAMESPACE, ConfigError
+from pipeline.job import failpoints
+from pipeline.storage import stage_weights
 from vgg.architecture import PRECISIONS
 from vgg.hardware import precision_warning
 
@@ -35,29 +31,6 @@ if getattr(_beam_inference, "resource", None) is None:
         _beam_inference.resource = _resource
     except ImportError:  # Windows: Beam's own fallback applies
         pass
-
-
-_staged: dict[str, str] = {}
-
-
-def stage_weights(uri: str) -> str:
-    """A local path for a weights URI: remote files are copied once per process to a temp dir.
-
-    Raises:
-        InputError: the remote file cannot be read.
-    """
-    if uri == "imagenet" or "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    if uri not in _staged:
-        folder = tempfile.mkdtemp(prefix="vgg16-weights-")
-        local = os.path.join(folder, os.path.basename(uri) or "weights")
-        try:
-            with FileSystems.open(uri, compression_type="uncompressed") as src, open(local, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 22)
-        except (BeamIOError, OSError) as error:
-            raise InputError(f"--weights {uri!r} cannot be read: {first_cause(error)}") from error
-        _staged[uri] = local
-    return _staged[uri]
 
 
 @dataclasses.dataclass(frozen=True)

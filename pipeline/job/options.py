@@ -1,6 +1,6 @@
 """The job's own options (a PipelineOptions subclass) and YAML run configurations under configs/.
 
-Each config a run is made of (shards.InputConfig, transforms.DecodeConfig,
+Each config a run is made of (read.shards.InputConfig, decode.DecodeConfig,
 model_handler.ModelConfig) checks its own fields where it is made, from `from_args`; what
 is left here is parsing, the rules that span several flags, and the flags no config owns.
 A user's mistake is one ConfigError (one `error:` line and exit status 2 in pipeline.run).
@@ -25,13 +25,14 @@ from apache_beam.options.pipeline_options import (
 )
 
 import vgg
-from pipeline import ConfigError, outputs  # ConfigError: still options.ConfigError to its users
-from pipeline.inputs import MAX_INPUT_BYTES
-from pipeline.model_handler import ModelConfig
-from pipeline.shards import INPUT_FORMATS, InputConfig
-from pipeline.transforms import DECODE_TIMEOUT_S, ISOLATION_MODES, DecodeConfig
+from pipeline import ConfigError, contract
+from pipeline.job.decode import ISOLATION_MODES, DecodeConfig
+from pipeline.job.model_handler import ModelConfig
+from pipeline.job.read.shards import INPUT_FORMATS, InputConfig
+from pipeline.storage import MAX_INPUT_BYTES
 from vgg.architecture import NUM_CLASSES, PRECISIONS
 from vgg.preprocess import RESIZE_MODES
+from vgg.sandbox import DECODE_TIMEOUT_S
 from vgg.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
@@ -409,8 +410,8 @@ def _warn_about_secret_flags(beam_args: Sequence[str]) -> None:
 
 
 def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
-    """The run's provenance for the output tables' footers (pipeline.outputs.provenance)."""
-    return outputs.provenance(
+    """The run's provenance for the output tables' footers (pipeline.contract.provenance)."""
+    return contract.provenance(
         weights=args.weights,
         info=info,
         resize=args.resize,
@@ -418,11 +419,6 @@ def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
         top_k=args.top_k,
         version=vgg.__version__,
     )
-
-
-def input_config(args: argparse.Namespace) -> InputConfig:
-    """InputConfig.from_args, under the name benchmarks.shards imports."""
-    return InputConfig.from_args(args)
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:

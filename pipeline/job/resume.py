@@ -5,11 +5,11 @@ whose image_id is already in a predictions shard are skipped; so are those in an
 shard, unless --retry_errors: then they are labelled again, the errors rows of inputs
 not in this run's input are carried over into this attempt's errors shards, and the old
 errors shards are deleted once the job has written its own. This attempt's shards get
-their own names (pipeline.outputs.shard_prefix), so no shard is ever overwritten.
+their own names (pipeline.contract.shard_prefix), so no shard is ever overwritten.
 Either way the union of all shards holds each input exactly once.
 
 With a shard --input_format the inputs are the shards' members, known only once a shard
-is read: pipeline.shards.ReadInputs skips whole shards that failed before (skip_failed)
+is read: pipeline.job.read.shards.ReadInputs skips whole shards that failed before (skip_failed)
 and then the members already done (skip_done with a key function).
 """
 
@@ -24,18 +24,10 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.inputs import image_id
-from pipeline.options import ConfigError
-from pipeline.outputs import (
-    TABLE_KEYS,
-    Shards,
-    decode_provenance,
-    disagreements,
-    find_shards,
-    read_schema,
-    remove_empty_temp_dirs,
-    remove_shards,
-)
+from pipeline.contract import TABLE_KEYS, Shards, decode_provenance, disagreements, image_id
+from pipeline.job.options import ConfigError
+from pipeline.job.write import remove_empty_temp_dirs, remove_shards
+from pipeline.storage import find_shards, read_schema
 
 log = logging.getLogger(__name__)
 

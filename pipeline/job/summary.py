@@ -5,7 +5,7 @@ from __future__ import annotations
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.outputs import STAGES
+from pipeline.contract import STAGES
 
 
 class JobFailed(RuntimeError):

@@ -59,6 +59,6 @@ class LazyModule:
 faiss = LazyModule(
     "faiss",
     "search",
-    "nearest-neighbour search (pipeline.index, pipeline.search)",
+    "nearest-neighbour search (python -m pipeline.index, python -m pipeline.search)",
     quiet=("faiss",),
 )

@@ -34,8 +34,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.extras import MissingExtra, faiss
-from pipeline.outputs import (
+from pipeline.contract import (
     EMBEDDING_KEYS,
     METADATA_PREFIX,
     UNTRAINED_WARNING,
@@ -43,8 +42,9 @@ from pipeline.outputs import (
     disagreements,
     is_untrained,
 )
+from pipeline.tools.extras import MissingExtra, faiss
 
-log = logging.getLogger("pipeline.index")
+log = logging.getLogger("pipeline.tools.index")
 
 INDEX_FILE, IDS_FILE, INFO_FILE = "knn.index", "ids.parquet", "index.json"
 EXACT_MAX = 100_000  # exact up to here: 1.6 GB of float32 at 4096-d, a full scan per query

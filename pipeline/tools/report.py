@@ -23,12 +23,12 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.extras import MissingExtra
-from pipeline.inputs import read_bytes
-from pipeline.outputs import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained, match
+from pipeline.contract import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained
+from pipeline.storage import match, read_bytes
+from pipeline.tools.extras import MissingExtra
 from vgg.preprocess import MAX_PIXELS, open_image, to_rgb, upright
 
-log = logging.getLogger("pipeline.report")
+log = logging.getLogger("pipeline.tools.report")
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -181,7 +181,7 @@ def write_report(
         "</tbody></table></section>",
     ]
     if index is not None:
-        from pipeline.search import EmbeddingIndex  # faiss loads only when neighbours are asked for
+        from pipeline.tools.search import EmbeddingIndex  # faiss loads only when neighbours are asked for
 
         loaded = EmbeddingIndex(index)
         if provenance and loaded.provenance["weights_sha256"] != provenance.get("weights_sha256"):
@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
     parser.add_argument("--predictions", required=True, help="pattern of predictions-*.parquet")
     parser.add_argument("--errors", default=None, help="pattern of errors-*.parquet (default: beside them)")
-    parser.add_argument("--index", default=None, help="index directory from pipeline.index, for neighbours")
+    parser.add_argument(
+        "--index", default=None, help="index directory from python -m pipeline.index, for neighbours"
+    )
     parser.add_argument("--out", required=True, help="HTML file to write")
     parser.add_argument("--max_images", type=int, default=200, help="images in the grid")
     parser.add_argument("--queries", type=int, default=4, help="images whose neighbours are shown")

@@ -1,11 +1,11 @@
-"""Queries an index from pipeline.index by image file or image_id: the Python API and its CLI.
+"""Queries an index from pipeline.tools.index by image file or image_id: the Python API and its CLI.
 
     python -m pipeline.search --index index/ --image cat.jpg --weights vgg16_weights.npz [--k 10] [--json]
     python -m pipeline.search --index index/ --image_id 592304cd3728bd0827e15c1c76baa431 --json
 
 A query image is embedded as the indexed images were: the same weights (checked by
 sha256), the resize mode and precision recorded in the index, then L2 normalisation. It is
-decoded as the job decodes untrusted images, in a child process (pipeline.sandbox): an
+decoded as the job decodes untrusted images, in a child process (vgg.sandbox): an
 image that crashes or hangs the decoder is an `error:` line (exit status 2), not a crash.
 """
 
@@ -27,17 +27,24 @@ import numpy as np  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.extras import MissingExtra, faiss  # noqa: E402
-from pipeline.index import IDS_FILE, INDEX_FILE, INFO_FILE, normalize  # noqa: E402
-from pipeline.inputs import ReadError, read_bytes  # noqa: E402
-from pipeline.model_handler import stage_weights  # noqa: E402
-from pipeline.outputs import UNTRAINED_WARNING, is_untrained  # noqa: E402
-from pipeline.sandbox import DecodeFailed, DecoderCrashed, IsolatedDecoder  # noqa: E402
-from pipeline.transforms import DECODE_TIMEOUT_S  # noqa: E402
+from pipeline.contract import UNTRAINED_WARNING, is_untrained  # noqa: E402
+from pipeline.storage import (  # noqa: E402
+    ReadError,
+    read_bytes,
+    stage_weights,  # noqa: E402
+)
+from pipeline.tools.extras import MissingExtra, faiss  # noqa: E402
+from pipeline.tools.index import IDS_FILE, INDEX_FILE, INFO_FILE, normalize  # noqa: E402
 from vgg.preprocess import ImageError, decode_image  # noqa: E402
+from vgg.sandbox import (  # noqa: E402
+    DECODE_TIMEOUT_S,  # noqa: E402
+    DecodeFailed,
+    DecoderCrashed,
+    IsolatedDecoder,
+)
 from vgg.weights import WeightsError, resolve_source, sha256_file  # noqa: E402
 
-log = logging.getLogger("pipeline.search")
+log = logging.getLogger("pipeline.tools.search")
 
 
 class WeightsMismatch(ValueError):
@@ -61,7 +68,7 @@ class EmbeddingIndex:
         info_path = os.path.join(path, INFO_FILE)
         if not os.path.exists(info_path):
             raise ValueError(
-                f"{path} is not an index directory (no {INFO_FILE}); build one with pipeline.index."
+                f"{path} is not an index directory (no {INFO_FILE}); build one with python -m pipeline.index."
             )
         with open(info_path, encoding="utf-8") as handle:
             self.info: dict = json.load(handle)
@@ -255,7 +262,7 @@ def format_hits(hits: list[Hit], *, as_json: bool) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__.split("\n")[0])
-    parser.add_argument("--index", required=True, help="index directory written by pipeline.index")
+    parser.add_argument("--index", required=True, help="index directory written by python -m pipeline.index")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file (local, gs://, s3://); needs --weights")
     query.add_argument("--image_id", help="query by an indexed image's id")

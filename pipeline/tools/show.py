@@ -10,15 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import logs
-from pipeline.outputs import (
+from pipeline.contract import (
     ERRORS,
     PREDICTIONS,
     UNTRAINED_WARNING,
     decode_provenance,
     is_untrained,
-    match,
     shard_glob,
 )
+from pipeline.storage import match
 
 # The columns printed: only these are read, never fc7 (16 KiB a row).
 PREDICTION_COLUMNS = ("uri", "width", "height", "labels")
@@ -51,7 +51,7 @@ def _table(output: str, table: str) -> Table | None:
 
 
 def short_name(uri: str, width: int = NAME_WIDTH) -> str:
-    """A uri as one cell: the file's name, or a shard member's `SHARD_NAME#KEY` (pipeline.shards).
+    """A uri as one cell: the file's name, or a shard member's `SHARD_NAME#KEY` (pipeline.job.read.shards).
 
     A member's key is what tells the rows of one shard apart, so a name too long to fit
     loses its start, not its key; a file's name loses its end, as it always has.

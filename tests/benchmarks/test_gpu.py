@@ -97,6 +97,6 @@ def test_tiny_cpu_run_has_every_step_of_the_gpu_run(tiny_run):
         label: {p["process"] for p in e["memory"]["processes"]}
         for label, e in result["job"]["configs"].items()
     }
-    assert labels["subprocess"] == {"pipeline.run", "pipeline.sandbox"} and labels["none"] == {"pipeline.run"}
+    assert labels["subprocess"] == {"pipeline.run", "vgg.sandbox"} and labels["none"] == {"pipeline.run"}
     text = (folder / "results" / "gpu.txt").read_text()
     assert text in stdout and "TINY CPU RUN (--tiny_cpu): a check of the steps, not a figure" in text

@@ -47,9 +47,9 @@ def test_by_process_adds_processes_of_one_name():
         "total_peak_rss_gib": 1.9,
         "processes": [
             {"pid": 1, "process": "pipeline.run", "peak_rss_gib": 1.8, "rss_at_total_peak_gib": 1.7},
-            {"pid": 2, "process": "pipeline.sandbox", "peak_rss_gib": 0.1, "rss_at_total_peak_gib": 0.1},
-            {"pid": 3, "process": "pipeline.sandbox", "peak_rss_gib": 0.1, "rss_at_total_peak_gib": 0.1},
+            {"pid": 2, "process": "vgg.sandbox", "peak_rss_gib": 0.1, "rss_at_total_peak_gib": 0.1},
+            {"pid": 3, "process": "vgg.sandbox", "peak_rss_gib": 0.1, "rss_at_total_peak_gib": 0.1},
         ],
     }
     # Two decoders of 0.1 GiB each at the peak: 0.2 under one name.
-    assert memory.by_process(tree) == {"pipeline.run": 1.7, "pipeline.sandbox": 0.2}
+    assert memory.by_process(tree) == {"pipeline.run": 1.7, "vgg.sandbox": 0.2}

@@ -25,7 +25,7 @@ def tree(launcher: float, decoder: float) -> dict:
             },
             {
                 "pid": 11,
-                "process": "pipeline.sandbox",
+                "process": "vgg.sandbox",
                 "peak_rss_gib": decoder,
                 "rss_at_total_peak_gib": decoder,
             },
@@ -128,8 +128,8 @@ def test_table():
     assert "640x480 L, float32 on 2 cores 7.95" in rows
     assert "640x480 (c) ours float32 7.60 6.0 1.80" in rows
     assert "12mp (b) tuned peer 6.00 9.0 2.80" in rows
-    assert "12mp (c) ours float32 1.90 pipeline.run 1.80 + pipeline.sandbox 0.10" in rows
-    assert "640x480 ours, threads 4 2.24 pipeline.run 2.16 + pipeline.sandbox 0.08" in rows
+    assert "12mp (c) ours float32 1.90 pipeline.run 1.80 + vgg.sandbox 0.10" in rows
+    assert "640x480 ours, threads 4 2.24 pipeline.run 2.16 + vgg.sandbox 0.08" in rows
     assert "ours / tuned peer >= 1.30 at 12mp 1.167 missed by 10.3%" in rows
     assert "float32 job's whole tree <= 2 GB 2.04 GB missed by 2.0%" in rows
     assert (

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.outputs import match, shard_glob
+from pipeline.contract import shard_glob
+from pipeline.storage import match
 from tests.conftest import SAMPLES
 from tests.pipeline.jobs import run_job
 from tests.pipeline.servers import free_port, listening, start_service, stop_service, wait_until
@@ -104,7 +105,7 @@ def labelled_fc7(labelled_run):
 @pytest.fixture(scope="session")
 def built_index(labelled_run):
     """The exact index of labelled_run, built once through the CLI: its directory."""
-    from pipeline import index
+    from pipeline.tools import index
 
     path = labelled_run.parent / "index"
     assert index.main(["--predictions", f"{labelled_run}/predictions-*.parquet", "--out", str(path)]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from pipeline.model_handler import ModelConfig, VGG16ModelHandler
+from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler
 
 
 class FakeModel:

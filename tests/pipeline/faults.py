@@ -1,7 +1,7 @@
 """A Beam filesystem for fault injection: `faulty:///abs/path` is the local file, with chosen failures.
 
 Beam finds filesystems by scheme among FileSystem's subclasses, so importing this module
-is enough for FileSystems.match/open (hence fileio.MatchAll and pipeline.inputs.read_bytes)
+is enough for FileSystems.match/open (hence fileio.MatchAll and pipeline.job.read.files.read_bytes)
 to route `faulty://` URIs here. Faults are set per local path in `FaultyFileSystem.faults`
 and every open is counted in `FaultyFileSystem.opens`; both are class-level, shared by the
 test and the in-process DirectRunner that TestPipeline uses.

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline import failpoints
+from pipeline.job import failpoints
 from tests.conftest import REPO
 from tests.pipeline.servers import free_port
 
@@ -88,7 +88,7 @@ class Cluster:
             FLINK_RPC_PORT=str(self.rpc_port),
             FLINK_CONF_DIR=str(self.folder / "conf"),
             # The TaskManagers, and so the harnesses they start, see the failpoint; it does
-            # nothing until a test creates the gate (pipeline.failpoints).
+            # nothing until a test creates the gate (pipeline.job.failpoints).
             **{failpoints.ENV: f"label=pause:{self.gate}"},
         )
 

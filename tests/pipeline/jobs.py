@@ -9,7 +9,7 @@ import sys
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.inputs import read_bytes
+from pipeline.storage import read_bytes
 from tests.conftest import REPO
 
 # The job's reader with 10 ms backoff instead of 0.5 s, to keep retried reads fast.

@@ -1,4 +1,4 @@
-"""pipeline.outputs: the schemas, rows, provenance, shard names and the writer every reader relies on."""
+"""pipeline.contract: the schemas, rows, provenance, shard names and the writer every reader relies on."""
 
 from __future__ import annotations
 
@@ -10,25 +10,21 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline import outputs
-from pipeline.outputs import (
+from pipeline import contract
+from pipeline.contract import (
     ERROR_TYPES,
     STAGES,
-    OutputError,
     Shards,
-    WriteOutputs,
-    check_output_writable,
     decode_provenance,
     disagreements,
     encode_provenance,
     error_row,
-    find_shards,
     prediction_rows,
-    read_provenance,
-    remove_empty_temp_dirs,
     shard_glob,
     shard_prefix,
 )
+from pipeline.job.write import OutputError, WriteOutputs, check_output_writable, remove_empty_temp_dirs
+from pipeline.storage import find_shards, read_provenance
 
 PROVENANCE = {"weights_sha256": "ab" * 32, "resize": "squash", "precision": "float32", "top_k": "3"}
 
@@ -43,8 +39,8 @@ def test_provenance_round_trips_through_the_footer_prefix():
 
 def test_disagreements_name_the_key_and_both_values():
     new = PROVENANCE | {"precision": "bfloat16", "top_k": "5"}
-    assert disagreements(PROVENANCE, new, outputs.EMBEDDING_KEYS) == ["precision 'float32' -> 'bfloat16'"]
-    assert disagreements(PROVENANCE, new, outputs.TABLE_KEYS) == [
+    assert disagreements(PROVENANCE, new, contract.EMBEDDING_KEYS) == ["precision 'float32' -> 'bfloat16'"]
+    assert disagreements(PROVENANCE, new, contract.TABLE_KEYS) == [
         "precision 'float32' -> 'bfloat16'",
         "top_k '3' -> '5'",
     ]

@@ -19,7 +19,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 import vgg
-from pipeline.options import load_config, parse_args, pipeline_options
+from pipeline.job.options import load_config, parse_args, pipeline_options
 from pipeline.run import build_pipeline, check_launch
 from tests.conftest import REPO, SAMPLES
 

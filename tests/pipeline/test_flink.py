@@ -28,7 +28,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.inputs import image_id
+from pipeline.contract import image_id
 from tests.conftest import REPO
 from tests.corpus import build_corpus
 from tests.pipeline.flink import (
@@ -261,7 +261,7 @@ def test_flink_writes_what_the_direct_runner_writes(flink_run, direct, inputs, r
 def test_the_summary_counts_come_back_from_flink(flink_run):
     _, stdout, _, _, wall = flink_run
     # The counters are Flink accumulators of the finished job (Beam's Flink runner reports
-    # them as "attempted"; pipeline.summary falls back to those).
+    # them as "attempted"; pipeline.job.summary falls back to those).
     assert SUMMARY in stdout
     print(f"\nflink run: {stdout.strip().splitlines()[-1]}; launcher wall {wall:.1f} s")
 

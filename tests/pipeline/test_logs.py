@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import vgg.logs
-from pipeline.outputs import prediction_rows, predictions_schema
+from pipeline.contract import prediction_rows, predictions_schema
 from tests.conftest import REPO
 from tests.pipeline.conftest import PROVENANCE
 
@@ -55,15 +55,20 @@ def run_main(module, argv, tmp_path):
     ("name", "argv", "level", "packages"),
     [
         ("pipeline.run", ["--top_k", "x"], logging.INFO, OURS),
-        ("pipeline.index", ["--predictions", "{tmp}/p-*.parquet", "--out", "{tmp}/i"], logging.INFO, OURS),
-        ("pipeline.search", ["--index", "{tmp}/i", "--image_id", "0" * 32], logging.WARNING, OURS),
         (
-            "pipeline.report",
+            "pipeline.tools.index",
+            ["--predictions", "{tmp}/p-*.parquet", "--out", "{tmp}/i"],
+            logging.INFO,
+            OURS,
+        ),
+        ("pipeline.tools.search", ["--index", "{tmp}/i", "--image_id", "0" * 32], logging.WARNING, OURS),
+        (
+            "pipeline.tools.report",
             ["--predictions", "{tmp}/p-*.parquet", "--out", "{tmp}/r.html"],
             logging.WARNING,
             OURS,
         ),
-        ("pipeline.show", ["{tmp}"], logging.WARNING, OURS),
+        ("pipeline.tools.show", ["{tmp}"], logging.WARNING, OURS),
         ("vgg.predict", ["--weights", "{tmp}/w.npz", "{tmp}/a.jpg"], logging.WARNING, ("vgg",)),
         ("vgg.weights", ["inspect", "{tmp}/w.npz"], logging.WARNING, ("vgg",)),
     ],
@@ -105,7 +110,7 @@ def test_index_cli_keeps_faiss_notices_off_the_screen(tmp_path):
         [
             sys.executable,
             "-m",
-            "pipeline.index",
+            "pipeline.tools.index",
             "--predictions",
             f"{tmp_path}/predictions-*.parquet",
             "--out",
@@ -119,13 +124,13 @@ def test_index_cli_keeps_faiss_notices_off_the_screen(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "indexed 3 images" in done.stdout
     assert "faiss" not in done.stderr.lower(), done.stderr  # no "Loading faiss with AVX2 support."
-    assert "INFO pipeline.index: added 3 vectors" in done.stderr  # the build's own progress still shows
+    assert "INFO pipeline.tools.index: added 3 vectors" in done.stderr  # the build's own progress still shows
 
 
 def test_faiss_through_extras_is_quiet_even_for_a_caller_logging_at_info():
     done = python(
         "import logging\nlogging.basicConfig(level=logging.INFO)\n"
-        "from pipeline.extras import faiss\nfaiss.require()\n"
+        "from pipeline.tools.extras import faiss\nfaiss.require()\n"
         "print(logging.getLogger('faiss').level)\n"
     )
     assert "Loading faiss" not in done.stderr, done.stderr

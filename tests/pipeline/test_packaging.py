@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.transforms.environments import DockerEnvironment
 
 import vgg
-from pipeline.options import config_to_argv, known_option_names, load_config, parse_args
+from pipeline.job.options import config_to_argv, known_option_names, load_config, parse_args
 from tests.conftest import REPO
 
 PACKAGES = ("vgg", "pipeline")
@@ -109,8 +109,8 @@ def test_sdist_installs_and_imports_like_on_a_worker(dists, tmp_path):
         check=True, capture_output=True,
     )  # fmt: skip
     probe = (
-        "import vgg, pipeline.options; from vgg.classes import class_names; names = class_names(); "
-        "print(vgg.__file__); print(pipeline.options.__file__); "
+        "import vgg, pipeline.job.options; from vgg.classes import class_names; names = class_names(); "
+        "print(vgg.__file__); print(pipeline.job.options.__file__); "
         "print(len(names), names[0].wnid, names[0].label, names[999].wnid, names[999].label)"
     )
     done = subprocess.run(

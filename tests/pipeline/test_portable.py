@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import image_id
+from pipeline.contract import image_id
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.jobs import run_job
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import pipeline.run as job
-from pipeline import inputs
-from pipeline.inputs import image_id
-from pipeline.outputs import ERROR_TYPES
+from pipeline import storage
+from pipeline.contract import ERROR_TYPES, image_id
+from pipeline.job.read import shards
 from tests.conftest import SAMPLES
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from tests.pipeline.jobs import run_here, run_job
@@ -185,7 +185,7 @@ def test_faults_in_a_job(tmp_path, npz_path, capsys, monkeypatch, read_rows):
     out = tmp_path / "out"
     # The job's own reader, so that --max_input_bytes is what it uses, with 10 ms
     # backoff instead of 0.5 s to keep the test fast.
-    monkeypatch.setattr(inputs, "read_bytes", functools.partial(inputs.read_bytes, backoff_s=0.01))
+    monkeypatch.setattr(shards, "read_bytes", functools.partial(storage.read_bytes, backoff_s=0.01))
     line = run_here(
         capsys,
         *("--input", faulty(folder) + "/*", "--output", out, "--weights", npz_path),

@@ -17,8 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import image_id
-from pipeline.outputs import UNTRAINED_WARNING
+from pipeline.contract import UNTRAINED_WARNING, image_id
 from tests.conftest import REPO
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.jobs import run_job

@@ -21,7 +21,7 @@ import moto.server as moto_server
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.inputs import image_id
+from pipeline.contract import image_id
 from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
 from tests.pipeline.servers import free_port, wait_listening
@@ -134,7 +134,7 @@ def test_credentials_leak_nowhere(s3, s3_run, npz_path):
             "from apache_beam.options.pipeline_options import PipelineOptions\n"
             "from apache_beam.transforms.display import DisplayData\n"
             "from pipeline import run\n"
-            "from pipeline.options import parse_args\n"
+            "from pipeline.job.options import parse_args\n"
             "args, beam_args = parse_args(sys.argv[1:])\n"
             "options = PipelineOptions(beam_args)\n"
             "p = beam.Pipeline(options=options)\n"
@@ -159,8 +159,7 @@ def test_read_errors_on_s3(s3):
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.inputs import ReadError, read_bytes
-    from pipeline.model_handler import stage_weights
+    from pipeline.storage import ReadError, read_bytes, stage_weights
 
     client = s3["client"]
     creds = s3["creds"]
@@ -193,7 +192,7 @@ def test_read_errors_on_s3(s3):
 
 
 def test_credential_flags_are_warned_about_without_their_values(caplog):
-    from pipeline.options import _warn_about_secret_flags
+    from pipeline.job.options import _warn_about_secret_flags
 
     _warn_about_secret_flags(["--s3_secret_access_key=hunter2", "--s3_endpoint_url=http://x"])
     assert "--s3_secret_access_key was given on the command line" in caplog.text

@@ -65,3 +65,29 @@ def test_bad_weights_is_one_clear_line(tmp_path, sample_photos):
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "not an npz (zip), an HDF5" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_images_are_decoded_in_the_sandbox(tmp_path, sample_photos, capsys, predictor):
+    # A decoder that segfaults on one input (tests.pipeline.faults): vgg.predict decodes in a
+    # child process, so that image is one error line and the next image is still labelled.
+    import argparse
+
+    from tests.pipeline.faults import CRASH, crashing_decode
+    from vgg import predict as predict_module
+    from vgg.sandbox import IsolatedDecoder
+
+    bad = tmp_path / "crash.jpg"
+    bad.write_bytes(CRASH)
+    args = argparse.Namespace(
+        images=[str(bad), str(sample_photos[0])], batch_size=8, resize="squash", json=True, fc7=False, top_k=5
+    )
+    decoder = IsolatedDecoder(crashing_decode, timeout_s=60)
+    try:
+        failed = predict_module._label(args, predictor, decoder, np)
+    finally:
+        decoder.close()
+    out, err = capsys.readouterr()
+    assert failed == 1
+    assert err.startswith(f"error: {bad}: crashed: ")
+    (line,) = out.splitlines()
+    assert json.loads(line)["uri"] == str(sample_photos[0])

@@ -1,15 +1,9 @@
-"""Where images come from: patterns and list files, reads with retries, the read-error types, image ids."""
+"""Loose files as inputs: patterns and list files matched into URIs, each read to an image or an error row."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -18,43 +12,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE
-from vgg.errors import ClassifiedError
+from pipeline.contract import ERRORS, error_row, image_id
+from pipeline.storage import InputError, ReadError, first_cause, read_bytes
 
 log = logging.getLogger(__name__)
-
-# The error_type of an errors row from the read stage, for loose files and shards
-# (pipeline.shards) alike: the one home of this vocabulary.
-READ_ERROR_TYPES: dict[str, str] = {
-    "not_found": "the file does not exist (any more): deleted between listing and reading",
-    "permission_denied": "the job's credentials may not read the file",
-    "too_large": "the file or shard member is over --max_input_bytes; not read to the end",
-    "read_error": "any other read failure, after retries with backoff",
-    "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
-    "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
-    "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
-}
-READ_ATTEMPTS = 4
-READ_BACKOFF_S = 0.5
-MAX_INPUT_BYTES = 256 * 2**20
-# Counts every retried read (files and shards), in the job's metrics namespace.
-_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
-# The errnos of a path that cannot name a readable file however often it is tried: a loop of
-# symbolic links, a path component that is not a directory.
-_PERMANENT_ERRNOS = {errno.ELOOP: "read_error", errno.ENOTDIR: "not_found"}
-T = TypeVar("T")
-
-
-class InputError(ValueError):
-    """An input pattern or list the job cannot use."""
-
-
-class ReadError(ClassifiedError):
-    """A read that failed for good; error_type is one of READ_ERROR_TYPES."""
-
-
-def image_id(uri: str) -> str:
-    """Stable, unique id of an input: the first 32 hex digits (128 bits) of SHA-256 of its URI."""
-    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
 
 
 def check_patterns(patterns: list[str]) -> list[str]:
@@ -87,139 +48,6 @@ def read_input_list(path: str) -> list[str]:
     return uris
 
 
-def first_cause(error: Exception) -> str:
-    """The message of a failed filesystem call: the underlying errors of a BeamIOError, else its own."""
-    if isinstance(error, BeamIOError) and error.exception_details:
-        return "; ".join(str(e) for e in error.exception_details.values())
-    return str(error)
-
-
-def _status_code(error: BaseException) -> int | None:
-    """The HTTP status of a cloud client error (Beam's S3ClientError, google.api_core's errors)."""
-    for name in ("code", "status_code"):
-        value = getattr(error, name, None)
-        if isinstance(value, int) and 100 <= value <= 599:
-            return value
-    return None
-
-
-def classify(error: Exception) -> str | None:
-    """The permanent error type of a failed read, or None when a retry may help."""
-    causes: list[BaseException] = [error]
-    if isinstance(error, BeamIOError) and error.exception_details:
-        causes += [e for e in error.exception_details.values() if isinstance(e, BaseException)]
-    text = first_cause(error).lower()
-    for cause in causes:
-        status = _status_code(cause)
-        if isinstance(cause, FileNotFoundError) or status in (404, 410):
-            return "not_found"
-        if isinstance(cause, PermissionError) or status in (401, 403):
-            return "permission_denied"
-        if isinstance(cause, IsADirectoryError):
-            return "read_error"
-        if getattr(cause, "errno", None) in _PERMANENT_ERRNOS:
-            return _PERMANENT_ERRNOS[cause.errno]
-    if "not found" in text or "no such file" in text or "nosuchkey" in text or "not a directory" in text:
-        return "not_found"
-    if "permission denied" in text or "access denied" in text or "forbidden" in text:
-        return "permission_denied"
-    if "is a directory" in text or "too many levels of symbolic links" in text:
-        return "read_error"
-    return None
-
-
-def with_retries(
-    attempt: Callable[[int], Iterable[T]],
-    uri: str,
-    *,
-    attempts: int = READ_ATTEMPTS,
-    backoff_s: float = READ_BACKOFF_S,
-    sleep: Callable[[float], object] = time.sleep,
-) -> Iterator[T]:
-    """Yields the items of `attempt(0)`; where a read fails in a way a retry may help, again.
-
-    The one retry policy of every read (files and shards). `attempt(done)` reads `uri` and
-    yields its items from item `done` on, so a retry after `done` items resumes without
-    yielding any of them twice. An error that `classify` calls permanent is raised at once;
-    any other is retried until `attempts` tries in all have failed. Before retry n the wait
-    is backoff_s * 2**(n - 1) shortened by a random part of up to half (jitter: readers that
-    failed together do not come back together). Each retry counts in `read_retries`.
-
-    Raises:
-        ValueError: attempts is under 1 (at once, not when iterated).
-        The last attempt's error, unchanged: classify(error) tells a permanent one (not
-        None) from one that kept failing for `attempts` tries (None).
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be at least 1. Received: attempts={attempts}")
-    return _retried(attempt, uri, attempts, backoff_s, sleep)
-
-
-def _retried(attempt, uri: str, attempts: int, backoff_s: float, sleep) -> Iterator:
-    done = 0
-    for tried in range(1, attempts + 1):
-        try:
-            for item in attempt(done):
-                yield item
-                done += 1
-            return
-        except Exception as error:  # cloud clients raise their own types, not only OSError
-            if classify(error) is not None or tried == attempts:
-                raise
-            delay = backoff_s * 2 ** (tried - 1) * (1 - random.random() / 2)
-            _retries.inc()
-            log.warning(
-                "read of %s failed (%s); retry %d of %d in %.2f s", uri, error, tried, attempts - 1, delay
-            )
-            sleep(delay)
-
-
-def read_bytes(
-    uri: str,
-    *,
-    attempts: int = READ_ATTEMPTS,
-    backoff_s: float = READ_BACKOFF_S,
-    max_bytes: int = MAX_INPUT_BYTES,
-    sleep=time.sleep,
-) -> bytes:
-    """Reads a whole file, retrying transient failures with backoff (`with_retries`).
-
-    Not-found and permission errors (local OSErrors, or HTTP 404/403 from S3 or GCS), a
-    symbolic-link loop and a path through a non-directory are permanent and raise at once.
-    Anything else is tried `attempts` times in all, waiting about backoff_s, 2 * backoff_s,
-    ... in between, before giving up with error_type "read_error". A file over max_bytes
-    is refused ("too_large") without reading the rest, so one huge object cannot exhaust a
-    worker's memory.
-
-    Raises:
-        ReadError: error_type is one of READ_ERROR_TYPES.
-    """
-    try:
-        (data,) = with_retries(
-            lambda _: [_read_head(uri, max_bytes + 1)],
-            uri,
-            attempts=attempts,
-            backoff_s=backoff_s,
-            sleep=sleep,
-        )
-    except Exception as error:  # cloud clients raise their own types, not only OSError
-        kind = classify(error)
-        if kind is not None:
-            raise ReadError(kind, f"{uri}: {first_cause(error)}") from error
-        raise ReadError("read_error", f"{uri}: failed {attempts} times: {first_cause(error)}") from error
-    if len(data) > max_bytes:
-        raise ReadError(
-            "too_large",
-            f"{uri}: larger than {max_bytes} bytes (--max_input_bytes); not read to the end",
-        )
-    return data
-
-
-def _read_head(uri: str, size: int) -> bytes:
-    with FileSystems.open(uri, compression_type="uncompressed") as handle:
-        return handle.read(size)
-
-
 def absolute(uri: str) -> str:
     """A local path made absolute (workers may run elsewhere); URIs with a scheme unchanged."""
     return uri if "://" in uri else os.path.abspath(uri)
@@ -236,7 +64,7 @@ def check_inputs(patterns: list[str] | None, input_list: str | None) -> list[str
 
     Returns:
         The first file each pattern matches, then the list's first URI: a sample of the
-        inputs for the checks that read one (pipeline.shards.check_inputs).
+        inputs for the checks that read one (pipeline.job.read.shards.check_inputs).
 
     Raises:
         InputError: naming the pattern or list and what is wrong with it.
@@ -271,3 +99,40 @@ class MatchInputs(beam.PTransform):
                 | "ListedURIs" >> beam.FlatMap(_listed)
             )
         return tuple(sources) | "AllInputs" >> beam.Flatten() | "Dedupe" >> beam.Distinct()
+
+
+class ReadImage(beam.DoFn):
+    """uri -> (image_id, uri, bytes); unreadable files go to the errors output."""
+
+    def __init__(self, reader=read_bytes):
+        self._reader = reader
+        self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "failed_read")
+
+    def process(self, uri: str):
+        key = image_id(uri)
+        try:
+            data = self._reader(uri)
+        except ReadError as error:
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", error.error_type, str(error)))
+            return
+        except Exception as error:  # a reader bug on one file must not fail the job
+            self._failed.inc()
+            message = f"{uri}: {type(error).__name__}: {error}"
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", "read_error", message))
+            return
+        self._read.inc()
+        yield key, uri, data
+
+
+class ReadImages(beam.PTransform):
+    """URIs -> {"images": (image_id, uri, bytes), "errors": rows}; each URI lands in one of them."""
+
+    def __init__(self, reader=read_bytes):
+        super().__init__()
+        self._reader = reader
+
+    def expand(self, uris):
+        read = uris | "Read" >> beam.ParDo(ReadImage(self._reader)).with_outputs(ERRORS, main="images")
+        return {"images": read.images, ERRORS: read[ERRORS]}

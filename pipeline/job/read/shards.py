@@ -1,9 +1,9 @@
 """Sharded image collections: every member of a tar (WebDataset), TFRecord or Parquet shard, streamed.
 
 A shard is opened through Beam's filesystems (local, gs://, s3://) and read as a stream,
-one tar member, TFRecord record or few Parquet rows at a time (pipeline.shard_readers),
+one tar member, TFRecord record or few Parquet rows at a time (pipeline.job.read.formats),
 so it is never held whole. Every member becomes exactly one item: a Member (an image) or
-a Failure whose error_type is one of pipeline.inputs.READ_ERROR_TYPES.
+a Failure whose error_type is one of pipeline.contract.READ_ERROR_TYPES.
 
 Keys and uris. A member's uri is `SHARD_URI#KEY`, where KEY is
 - webdataset: the WebDataset key, the member's path up to the first dot of its last
@@ -17,7 +17,7 @@ Failures of the shard as a whole (it cannot be opened or read; it is damaged) ca
 bare SHARD_URI, at most one per shard.
 
 ReadInputs is the job's one read step for every --input_format: loose files
-(pipeline.transforms.ReadImages) or shards (ReadShard between two reshuffles).
+(pipeline.job.label.ReadImages) or shards (ReadShard between two reshuffles).
 """
 
 from __future__ import annotations
@@ -36,44 +36,27 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE, ConfigError, inputs
-from pipeline.inputs import (
+from pipeline import METRICS_NAMESPACE, ConfigError
+from pipeline.contract import ERRORS, error_row, image_id
+from pipeline.job.read import files, formats
+from pipeline.job.read.files import MatchInputs, ReadImages
+from pipeline.job.read.formats import FORMATS, SNIFF_BYTES
+from pipeline.job.read.members import Failure, Member
+from pipeline.storage import (
     MAX_INPUT_BYTES,
     READ_ATTEMPTS,
     READ_BACKOFF_S,
     InputError,
-    MatchInputs,
     classify,
     first_cause,
-    image_id,
     read_bytes,
     with_retries,
 )
-from pipeline.outputs import ERRORS, error_row
-from pipeline.shard_readers import (
-    IMAGE_EXTENSIONS,
-    PARQUET_IMAGE_FIELDS,
-    TFRECORD_IMAGE_FIELDS,
-    Failure,
-    Member,
-    field_problem,
-    is_tar,
-    is_tfrecord,
-    read_parquet,
-    read_tfrecord,
-    read_webdataset,
-)
-from pipeline.transforms import ReadImages
 
 __all__ = [
     "FORMATS",
-    "IMAGE_EXTENSIONS",
     "INPUT_FORMATS",
-    "PARQUET_IMAGE_FIELDS",
-    "TFRECORD_IMAGE_FIELDS",
-    "Failure",
     "InputConfig",
-    "Member",
     "ReadInputs",
     "ReadShard",
     "check_format",
@@ -82,8 +65,7 @@ __all__ = [
     "sniff",
 ]
 
-# The shard formats, and every --input_format: "files" (one image per file) first, the default.
-FORMATS = ("webdataset", "tfrecord", "parquet")
+# Every --input_format: "files" (one image per file) first, the default, then the shard formats.
 INPUT_FORMATS = ("files", *FORMATS)
 
 _DESCRIPTION = {
@@ -97,8 +79,6 @@ _COMPRESSION = {
     "parquet": CompressionTypes.UNCOMPRESSED,
 }
 log = logging.getLogger(__name__)
-_READERS = {"webdataset": read_webdataset, "tfrecord": read_tfrecord, "parquet": read_parquet}
-_SNIFF_BYTES = 1 << 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +152,7 @@ def read_shard(
     """Streams one shard: an item per member, in shard order; never raises for bad data.
 
     A read that fails (not damage: an I/O error, e.g. a dropped connection) is retried
-    as pipeline.inputs.read_bytes' are (`with_retries`): `attempts` tries in all with
+    as pipeline.job.read.files.read_bytes' are (`with_retries`): `attempts` tries in all with
     exponential backoff and jitter; not found and permission errors never. A retry reopens
     the shard and passes over the items already yielded (the order is fixed), so none is
     yielded twice.
@@ -185,12 +165,11 @@ def read_shard(
         key_field: The feature or column holding each record's key (tfrecord, parquet).
         max_bytes: A larger member is a "too_large" Failure (--max_input_bytes).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
+    reader = formats.module(fmt).read
 
     def attempt(done: int) -> Iterator[Member | Failure]:
         with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
-            items = _READERS[fmt](uri, handle, image_field, key_field, max_bytes)
+            items = reader(uri, handle, image_field, key_field, max_bytes)
             yield from itertools.islice(items, done, None)  # a retry passes over those yielded
 
     done = 0
@@ -212,7 +191,7 @@ def sniff(uri: str) -> str | None:
     Raises:
         InputError: the file cannot be read.
     """
-    return _sniff(_head(uri), uri)
+    return formats.sniff(_head(uri), uri)
 
 
 def check_format(uri: str, fmt: str) -> None:
@@ -221,10 +200,9 @@ def check_format(uri: str, fmt: str) -> None:
     Raises:
         InputError: naming the file, the format asked for and what the file looks like.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
+    formats.module(fmt)  # a ValueError for anything but a shard format
     head = _head(uri)
-    found = _sniff(head, uri)
+    found = formats.sniff(head, uri)
     if found == fmt:
         return
     if found is not None:
@@ -239,26 +217,9 @@ def check_format(uri: str, fmt: str) -> None:
 def _head(uri: str) -> bytes:
     try:
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            return handle.read(_SNIFF_BYTES)
+            return handle.read(SNIFF_BYTES)
     except Exception as error:  # cloud clients raise their own types, not only OSError
         raise InputError(f"{uri} cannot be read: {first_cause(error)}") from error
-
-
-def _sniff(head: bytes, uri: str) -> str | None:
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    gzipped = head.startswith(b"\x1f\x8b")
-    if gzipped:
-        try:  # look inside: a .tar.gz / .tgz shard, or a gzip TFRecord
-            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, _SNIFF_BYTES)
-        except zlib.error:
-            return None
-    if is_tar(head):
-        return "webdataset"
-    if is_tfrecord(head):
-        # Beam decompresses a TFRecord by its name only (`.gz`), as the reader opens it.
-        return "tfrecord" if not gzipped or uri.endswith(".gz") else None
-    return None
 
 
 # -- the Beam step
@@ -267,7 +228,7 @@ def _sniff(head: bytes, uri: str) -> str | None:
 class ReadShard(beam.DoFn):
     """shard uri -> (image_id, uri, bytes) per image member; the rest to the "errors" output.
 
-    The same shapes and counters as pipeline.transforms.ReadImage, one shard at a time:
+    The same shapes and counters as pipeline.job.label.ReadImage, one shard at a time:
     a DoFn instance streams one shard before taking the next, so the shards in flight on a
     worker are at most its DoFn threads, each holding one member (at most max_bytes).
     """
@@ -280,8 +241,7 @@ class ReadShard(beam.DoFn):
         key_field: str | None = None,
         max_bytes: int = MAX_INPUT_BYTES,
     ):
-        if fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
+        formats.module(fmt)  # a ValueError for anything but a shard format
         self._fmt = fmt
         self._image_field = image_field
         self._key_field = key_field
@@ -314,14 +274,14 @@ class ReadShard(beam.DoFn):
 
 
 def check_inputs(config: InputConfig) -> None:
-    """The launcher's check of the inputs: they exist (pipeline.inputs.check_inputs), and with a
+    """The launcher's check of the inputs: they exist (pipeline.job.read.files.check_inputs), and with a
     shard format, each pattern's first file (and the list's first URI) looks like that format,
     and the first of them has the fields --image_field and --key_field name (check_fields).
 
     Raises:
         InputError: naming the pattern, list or file and what is wrong with it.
     """
-    first = inputs.check_inputs(list(config.patterns), config.input_list)
+    first = files.check_inputs(list(config.patterns), config.input_list)
     if config.format == "files":
         return
     for uri in dict.fromkeys(first):
@@ -333,7 +293,7 @@ def check_fields(uri: str, config: InputConfig) -> None:
     """Fails when a shard shows that the image or key field asked for is not there.
 
     A Parquet file is judged by its schema; a tar or TFRecord file by its first sample or
-    record, and only for fields named on the command line (pipeline.shard_readers.field_problem).
+    record, and only for fields named on the command line (each format module's field_problem).
 
     Raises:
         InputError: naming the shard, the field and what the shard has instead.
@@ -343,7 +303,7 @@ def check_fields(uri: str, config: InputConfig) -> None:
         return  # nothing named, and one sample says little about the others
     try:
         with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
-            problem = field_problem(fmt, handle, config.image_field, config.key_field)
+            problem = formats.module(fmt).field_problem(handle, config.image_field, config.key_field)
     except (OSError, ValueError, zlib.error):
         return  # check_format has read its head; a later failure is the job's errors row
     if problem:
@@ -366,13 +326,13 @@ class _SplitItems(beam.DoFn):
 class ReadInputs(beam.PTransform):
     """PBegin -> {"images": (image_id, uri, bytes), "errors": rows}; every input lands in one of them.
 
-    files: each matched file is an input, read whole (pipeline.transforms.ReadImages).
+    files: each matched file is an input, read whole (pipeline.job.label.ReadImages).
     A shard format: each matched file is a shard. The shards are spread over the workers
     (a reshuffle), each streamed by one ReadShard call, and their images are spread again,
     so that one big shard is labelled by many workers (not on the DirectRunner, whose
     in-memory shuffle would hold every image read).
 
-    With plan (pipeline.resume.Plan, when --output holds earlier shards), what is already
+    With plan (pipeline.job.resume.Plan, when --output holds earlier shards), what is already
     done is skipped where its image_ids are known: a file before it is read; a shard's
     members after it is read (their uris come from the shard), and a shard whose own uri
     has an old errors row (it could not be opened, or was damaged) before it is opened,

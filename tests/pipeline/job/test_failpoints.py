@@ -1,11 +1,11 @@
-"""pipeline.failpoints: nothing when unset, a pause that holds exactly while its gate exists."""
+"""pipeline.job.failpoints: nothing when unset, a pause that holds exactly while its gate exists."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from pipeline import failpoints
+from pipeline.job import failpoints
 from tests.pipeline.flink import wait_until
 
 
@@ -47,6 +47,6 @@ def test_no_gate_no_hold(tmp_path):
 
 
 def test_an_unknown_action_is_a_warning_not_a_failure(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.failpoints"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.job.failpoints"):
         failpoints.hit("label", environ={failpoints.ENV: "label=explode"})
     assert "unknown action 'explode'" in caplog.text

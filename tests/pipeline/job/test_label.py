@@ -11,9 +11,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipeline import ConfigError
-from pipeline.inputs import ReadError, image_id
-from pipeline.options import job_parser
-from pipeline.transforms import DecodeConfig, DecodeImage, LabelImages, ReadImage, ReadImages
+from pipeline.contract import image_id
+from pipeline.job.decode import DecodeConfig, DecodeImage
+from pipeline.job.label import LabelImages
+from pipeline.job.options import job_parser
+from pipeline.job.read.files import ReadImage, ReadImages
+from pipeline.storage import ReadError
 from tests.pipeline.fakes import FakeHandler
 
 

@@ -1,4 +1,4 @@
-"""pipeline.model_handler: the model config, weights staging, and the RunInference adapter."""
+"""pipeline.job.model_handler: the model config, weights staging, and the RunInference adapter."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pipeline import ConfigError
-from pipeline.inputs import InputError
-from pipeline.model_handler import ModelConfig, VGG16ModelHandler, stage_weights
-from pipeline.options import job_parser
+from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler
+from pipeline.job.options import job_parser
+from pipeline.storage import InputError, stage_weights
 from tests.pipeline.faults import faulty
 
 
@@ -76,13 +76,13 @@ def test_remote_weights_are_staged_once_per_process(tmp_path):
 
 
 def test_beam_keeps_its_memory_metric_without_torch():
-    # pipeline.model_handler restores the stdlib `resource` that Beam drops when torch
+    # pipeline.job.model_handler restores the stdlib `resource` that Beam drops when torch
     # is missing, so RunInference reports the model's memory instead of a bogus warning.
     import resource
 
     from apache_beam.ml.inference import base
 
-    import pipeline.model_handler  # noqa: F401
+    import pipeline.job.model_handler  # noqa: F401
 
     assert base.resource is resource
 
@@ -99,8 +99,8 @@ def test_a_worker_warns_when_its_device_lacks_the_precision(monkeypatch, caplog)
 
     loaded = []
     monkeypatch.setattr(vgg.inference, "Predictor", fake_predictor)
-    monkeypatch.setattr("pipeline.model_handler.precision_warning", fake_warning)
-    with caplog.at_level("WARNING", logger="pipeline.model_handler"):
+    monkeypatch.setattr("pipeline.job.model_handler.precision_warning", fake_warning)
+    with caplog.at_level("WARNING", logger="pipeline.job.model_handler"):
         assert VGG16ModelHandler(ModelConfig("w.npz", precision="bfloat16")).load_model() == "model"
         VGG16ModelHandler(ModelConfig("w.npz")).load_model()
     assert [r.getMessage() for r in caplog.records] == ["--precision bfloat16 is emulated on this CPU"]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.options import (
+from pipeline.job.options import (
     ConfigError,
     FlagTable,
     VGGOptions,
@@ -18,7 +18,7 @@ from pipeline.options import (
     parse_args,
     resolve,
 )
-from pipeline.shards import InputConfig
+from pipeline.job.read.shards import InputConfig
 from tests.conftest import REPO
 from tests.pipeline.jobs import run_job
 
@@ -145,7 +145,7 @@ def test_missing_required():
 
 
 def test_shipped_configs_are_valid():
-    from pipeline.options import load_config
+    from pipeline.job.options import load_config
 
     for path in sorted((REPO / "configs").glob("*.yaml")):
         config_to_argv(load_config(str(path)), [])  # raises on any unknown key

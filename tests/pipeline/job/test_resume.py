@@ -1,4 +1,4 @@
-"""pipeline.resume: a re-run replaces the output; --resume labels only what is missing; each input once."""
+"""pipeline.job.resume: a re-run replaces the output; --resume labels only what is missing; each once."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import os
 
 import pytest
 
-from pipeline.options import ConfigError
-from pipeline.outputs import Shards, find_shards, read_provenance
-from pipeline.resume import Plan, check_compatible
+from pipeline.contract import Shards
+from pipeline.job.options import ConfigError
+from pipeline.job.resume import Plan, check_compatible
+from pipeline.storage import find_shards, read_provenance
 from tests.conftest import SAMPLES
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from tests.pipeline.jobs import run_here

@@ -1,4 +1,4 @@
-"""pipeline.summary: the counters added up into the summary line, and the error budget."""
+"""pipeline.job.summary: the counters added up into the summary line, and the error budget."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from apache_beam.metrics.metricbase import MetricName
 from apache_beam.testing.test_pipeline import TestPipeline
 
 import pipeline.run as job
-from pipeline.summary import JobFailed, counters, summarize
+from pipeline.job.summary import JobFailed, counters, summarize
 from tests.conftest import SAMPLES
 from tests.pipeline.fakes import FakeHandler
 

@@ -1,13 +1,13 @@
-"""pipeline.extras: a command that needs a missing extra says which one to install, in one line."""
+"""pipeline.tools.extras: a command that needs a missing extra says which one to install, in one line."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline import index, search
-from pipeline.extras import LazyModule, MissingExtra
+from pipeline.tools import index, search
+from pipeline.tools.extras import LazyModule, MissingExtra
 
-NEEDED_BY = "nearest-neighbour search (pipeline.index, pipeline.search)"
+NEEDED_BY = "nearest-neighbour search (python -m pipeline.index, python -m pipeline.search)"
 ABSENT = LazyModule("no_such_module_vgg16", "search", NEEDED_BY)
 MESSAGE = (
     f"{NEEDED_BY} needs no_such_module_vgg16, which is not installed; install the 'search' extra: "

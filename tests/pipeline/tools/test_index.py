@@ -1,4 +1,4 @@
-"""Tests for pipeline.index: reading fc7 Parquet, exact and approximate indexes, PCA, provenance."""
+"""Tests for pipeline.tools.index: reading fc7 Parquet, exact and approximate indexes, PCA, provenance."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.index_recall import SyntheticFc7, exact_search, recall_at
-from pipeline import index as index_module
-from pipeline.index import ParquetEmbeddings, build_index, choose_index, fit_pca, normalize
-from pipeline.outputs import predictions_schema
-from pipeline.search import EmbeddingIndex
+from pipeline.contract import predictions_schema
+from pipeline.tools import index as index_module
+from pipeline.tools.index import ParquetEmbeddings, build_index, choose_index, fit_pca, normalize
+from pipeline.tools.search import EmbeddingIndex
 from tests.pipeline.conftest import PROVENANCE
 
 

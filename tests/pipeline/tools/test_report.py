@@ -1,4 +1,4 @@
-"""Tests for pipeline.report, rendered by a real headless Chromium: the page shows what the Parquet says."""
+"""pipeline.tools.report, rendered by a real headless Chromium: the page shows what the Parquet says."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import report as report_module
-from pipeline.index import ArrayEmbeddings, build_index
-from pipeline.outputs import errors_schema, predictions_schema
-from pipeline.search import EmbeddingIndex
+from pipeline.contract import errors_schema, predictions_schema
+from pipeline.tools import report as report_module
+from pipeline.tools.index import ArrayEmbeddings, build_index
+from pipeline.tools.search import EmbeddingIndex
 from tests.images import encode, exif_tagged, quadrants
 from tests.modules import imported_modules
 from tests.pipeline.conftest import HOSTILE_NAME, MAGENTA, PROVENANCE

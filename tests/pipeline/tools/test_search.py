@@ -1,4 +1,4 @@
-"""Tests for pipeline.search: queries by file and by id, the weights check, the CLI's output."""
+"""Tests for pipeline.tools.search: queries by file and by id, the weights check, the CLI's output."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import search as search_module
-from pipeline.sandbox import DecoderCrashed, IsolatedDecoder
-from pipeline.search import EmbeddingIndex, Searcher, WeightsMismatch, decode_images, format_hits
+from pipeline.tools import search as search_module
+from pipeline.tools.search import EmbeddingIndex, Searcher, WeightsMismatch, decode_images, format_hits
 from tests.conftest import SAMPLES
 from vgg.preprocess import decode_image
+from vgg.sandbox import DecoderCrashed, IsolatedDecoder
 from vgg.weights import WeightsInfo
 
 

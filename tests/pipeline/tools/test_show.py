@@ -1,4 +1,4 @@
-"""pipeline.show: the first rows of an output, shard members by name, and never the fc7 column."""
+"""pipeline.tools.show: the first rows of an output, shard members by name, and never the fc7 column."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import show
-from pipeline.outputs import UNTRAINED_WARNING, error_row, errors_schema, prediction_rows, predictions_schema
+from pipeline.contract import UNTRAINED_WARNING, error_row, errors_schema, prediction_rows, predictions_schema
+from pipeline.tools import show
 from tests.pipeline.conftest import PROVENANCE
 
 SHARD = "/data/shards/part-00001.tar"

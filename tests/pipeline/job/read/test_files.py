@@ -1,4 +1,4 @@
-"""pipeline.inputs: image ids, reads with retries and their error types, input checks, matching."""
+"""pipeline.job.read.files: image ids, reads with retries and their error types, input checks, matching."""
 
 from __future__ import annotations
 
@@ -12,16 +12,9 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.inputs import (
-    InputError,
-    MatchInputs,
-    ReadError,
-    check_inputs,
-    classify,
-    image_id,
-    read_bytes,
-    with_retries,
-)
+from pipeline.contract import image_id
+from pipeline.job.read.files import MatchInputs, check_inputs
+from pipeline.storage import InputError, ReadError, classify, read_bytes, with_retries
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from vgg.errors import ClassifiedError
 
@@ -130,7 +123,7 @@ def test_cloud_status_codes_decide_retries(monkeypatch, status, error_type, atte
         calls.append(uri)
         raise _CloudError(status)
 
-    monkeypatch.setattr("pipeline.inputs.FileSystems.open", open_failing)
+    monkeypatch.setattr("pipeline.job.read.files.FileSystems.open", open_failing)
     with pytest.raises(ReadError) as info:
         read_bytes("gs://bucket/x.jpg", attempts=3, sleep=lambda s: None)
     assert (info.value.error_type, len(calls)) == (error_type, attempts)
@@ -184,7 +177,7 @@ def test_launcher_input_checks_name_the_problem(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     listed = tmp_path / "listed.txt"
     listed.write_text("# shards\nb.jpg\nc.jpg\n")
-    # Fine; what they name first, made absolute: the sample pipeline.shards checks the format of.
+    # Fine; what they name first, made absolute: the sample pipeline.job.read.shards checks the format of.
     assert check_inputs([f"{tmp_path}/*.jpg"], str(listed)) == [
         str(tmp_path / "a.jpg"),
         os.path.abspath("b.jpg"),

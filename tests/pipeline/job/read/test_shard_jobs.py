@@ -16,9 +16,10 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import options, run
-from pipeline.inputs import image_id
-from pipeline.shards import FORMATS
+from pipeline import run
+from pipeline.contract import image_id
+from pipeline.job import options
+from pipeline.job.read.shards import FORMATS
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from tests.pipeline.jobs import run_here, run_job
@@ -429,7 +430,7 @@ def test_images_are_spread_over_workers_except_on_the_direct_runner(
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.options import parse_args
+    from pipeline.job.options import parse_args
 
     shard = pack(sorted(photo_dir.glob("*.jpg")), "webdataset", tmp_path / "in")
     args, beam_args = parse_args(

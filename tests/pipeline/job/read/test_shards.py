@@ -1,4 +1,4 @@
-"""pipeline.shards: every member of a tar, TFRecord or Parquet shard is one item; damage is contained."""
+"""pipeline.job.read.shards: each member of a tar, TFRecord or Parquet shard is one item; damage is local."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import shards
-from pipeline.inputs import READ_ERROR_TYPES, InputError, image_id
-from pipeline.outputs import ERROR_TYPES, error_row
-from pipeline.shards import Failure, Member, ReadShard, check_format, read_shard, sniff
-from pipeline.transforms import DecodeConfig, DecodeImage
+from pipeline.contract import ERROR_TYPES, READ_ERROR_TYPES, error_row, image_id
+from pipeline.job.decode import DecodeConfig, DecodeImage
+from pipeline.job.read import shards
+from pipeline.job.read.shards import Failure, Member, ReadShard, check_format, read_shard, sniff
+from pipeline.storage import InputError
 from tests.conftest import REPO
 from tests.corpus import build_corpus
 from tests.pipeline.faults import FaultyFileSystem, faulty
@@ -62,7 +62,7 @@ def no_faults():
 
 def test_shard_error_types_are_in_the_one_read_vocabulary():
     # Users filter errors rows on these strings: the shard formats add three names to the
-    # read stage's vocabulary (pipeline.inputs, which the errors table's ERROR_TYPES holds).
+    # read stage's vocabulary (pipeline.job.read.files, which the errors table's ERROR_TYPES holds).
     assert list(READ_ERROR_TYPES) == [
         "not_found",
         "permission_denied",

@@ -1,4 +1,4 @@
-"""pipeline.shard_readers' TFRecord frame reader, on files tf.io.TFRecordWriter wrote and damaged copies."""
+"""pipeline.job.read.tfrecord's frame reader, on files tf.io.TFRecordWriter wrote and damaged copies."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import struct
 
 import pytest
 
-from pipeline import shard_readers
-from pipeline.shard_readers import (
+from pipeline.job.read import formats, members, parquet, tfrecord, webdataset
+from pipeline.job.read.tfrecord import (
     BadData,
     BadLength,
     FrameTooLarge,
     TFRecordFrames,
     TruncatedFrame,
-    is_tfrecord,
     masked_crc32c,
 )
 from tests.modules import imported_modules
@@ -59,7 +58,9 @@ def written(tmp_path_factory) -> bytes:
 
 def test_no_private_beam_api():
     # Beam's _TFRecordUtil is private: the framing is these few lines of our own.
-    assert not any(name.startswith("apache_beam") for name in imported_modules(shard_readers))
+    # The format readers import no Beam at all: they read an open handle.
+    for module in (formats, members, parquet, tfrecord, webdataset):
+        assert not any(name.startswith("apache_beam") for name in imported_modules(module)), module
 
 
 def test_masked_crc32c_known_value():
@@ -169,11 +170,12 @@ def test_frames_of_our_own_making_match_tensorflows(written):
     assert ours == written
 
 
-def test_is_tfrecord_looks_at_the_first_header_only(written):
-    assert is_tfrecord(written) and is_tfrecord(written[:12])  # the data may go on past the head
-    assert not is_tfrecord(written[:11])
-    assert not is_tfrecord(b"")
-    assert not is_tfrecord(b"\x89PNG\r\n\x1a\n" + bytes(8))
+def test_looks_like_reads_the_first_header_only(written):
+    # The data may go on past the head: 12 bytes (length and its CRC) are enough to tell.
+    assert tfrecord.looks_like(written) and tfrecord.looks_like(written[:12])
+    assert not tfrecord.looks_like(written[:11])
+    assert not tfrecord.looks_like(b"")
+    assert not tfrecord.looks_like(b"\x89PNG\r\n\x1a\n" + bytes(8))
     damaged = bytearray(written)
     damaged[3] ^= 0x01
-    assert not is_tfrecord(bytes(damaged))
+    assert not tfrecord.looks_like(bytes(damaged))

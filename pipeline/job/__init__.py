@@ -1,0 +1,1 @@
+"""The Beam job: options, read (files, shards), decode, label (RunInference), write, resume, summary."""

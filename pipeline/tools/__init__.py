@@ -1,0 +1,1 @@
+"""What reads a job's output: index, search, report, show, export (faiss only here, through extras)."""
