@@ -7,6 +7,7 @@ from setuptools import find_namespace_packages, setup
 
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "vgg" / "__init__.py").read_text()).group(1)
+INTEROP = ["duckdb>=1.1", "polars>=1.0", "pandas>=2.0,<2.3", "lancedb>=0.40", "embedding-reader>=1.8"]
 
 setup(
     name="vgg16-beam",
@@ -34,7 +35,7 @@ setup(
         "pyarrow>=14",
         "h5py>=3.10",
         "pyyaml>=6",
-        # CRC32C of TFRecord frames (pipeline.shard_readers); Beam's gcp extra brings it too.
+        # CRC32C of TFRecord frames (pipeline.job.read.tfrecord); Beam's gcp extra brings it too.
         "google-crc32c>=1.5",
     ],
     extras_require={
@@ -43,6 +44,13 @@ setup(
         # Only for `python -m benchmarks.…`: the Beam peers (Beam's TF model handler imports
         # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
         "bench": ["tensorflow-hub>=0.16", "tf-keras>=2.16,<2.22", "matplotlib>=3.7"],
+        # The tools users open an output with (docs/search.md; tests/pipeline/test_interop.py),
+        # in releases that fit Beam 2.62's pins (pyarrow<17, numpy<2.3, dill<0.3.2): lancedb
+        # 0.40 needs pyarrow>=16; pandas stays below 2.3 as Beam's own dataframe extra does.
+        # Not installable beside Beam 2.62: Hugging Face datasets (it needs multiprocess, whose
+        # releases after 0.70.9, the last for Python 3.8, need dill>=0.3.2) and autofaiss
+        # (numpy<2 in every release); embedding-reader is the reader autofaiss loads inputs with.
+        "interop": INTEROP,
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -51,6 +59,7 @@ setup(
             "faiss-cpu>=1.8",
             # tests/test_docs.py builds the manual under docs/ with `mkdocs build --strict`.
             "mkdocs>=1.6,<2",
+            *INTEROP,
         ],
     },
     entry_points={
