@@ -347,6 +347,43 @@ def _decode_opened(
     return DecodedImage(pixels=pixels, width=width, height=height)
 
 
+def thumbnail_image(data: bytes, *, size: int = 128, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Decodes an image as decode_image does (same formats, limit and EXIF rule), shrunk to fit size x size.
+
+    Returns:
+        A DecodedImage whose pixels are the thumbnail (h, w, 3), aspect ratio kept, and
+        whose width and height are the whole image's as displayed.
+
+    Raises:
+        ImageError: as decode_image.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1. Received: size={size}")
+    with open_image(data) as img:
+        fmt = img.format
+        if fmt not in ALLOWED_FORMATS:
+            raise _not_accepted(fmt)
+        if img.width * img.height > max_pixels:
+            raise ImageError("too_large", f"the image is {img.width}x{img.height} pixels, over {max_pixels}")
+        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+        try:
+            img.load()
+        except _DECODE_ERRORS as e:
+            raise _decode_failure(e, data, fmt) from e
+        small = to_rgb(upright(img))
+        width, height = small.size
+        small.thumbnail((size, size))
+        pixels = np.asarray(small, dtype=np.uint8)
+    return DecodedImage(pixels=pixels, width=width, height=height)
+
+
+def jpeg_bytes(pixels: np.ndarray, *, quality: int = 80) -> bytes:
+    """RGB uint8 pixels (h, w, 3) as a JPEG file's bytes (pixels this process made: trusted)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(_EXIF_ORIENTATION, 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import io
 import logging
 import os
 import sys
@@ -26,7 +25,8 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.contract import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained
 from pipeline.storage import match, read_bytes
 from pipeline.tools.extras import MissingExtra
-from vgg.preprocess import MAX_PIXELS, open_image, to_rgb, upright
+from vgg.preprocess import jpeg_bytes, thumbnail_image
+from vgg.sandbox import DECODE_TIMEOUT_S, IsolatedDecoder
 
 log = logging.getLogger("pipeline.tools.report")
 
@@ -64,33 +64,43 @@ def read_rows(pattern: str, columns: list[str], limit: int) -> tuple[list[dict],
     return rows, total, provenance
 
 
-def thumbnail(uri: str, size: int = 128) -> tuple[str, int, int]:
+def thumbnail(uri: str, size: int = 128, decoder: IsolatedDecoder | None = None) -> tuple[str, int, int]:
     """(JPEG data URI, width, height) of the image at `uri`, shrunk to fit size x size.
 
-    Opened and turned upright as the job decodes it (vgg.preprocess: the accepted formats'
-    parsers only, the same EXIF orientation rule), so a thumbnail shows what was labelled.
+    The output's images are untrusted bytes: decoded in the sandbox's child process, as the
+    job decodes them (vgg.sandbox; the accepted formats' parsers only, the same EXIF
+    orientation rule), so a crash or a hang costs one thumbnail, not the report.
     """
-    with open_image(read_bytes(uri, attempts=2)) as img:
-        if img.width * img.height > MAX_PIXELS:
-            raise ValueError(f"{img.width}x{img.height} is over {MAX_PIXELS} pixels")
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        small = to_rgb(upright(img))  # may be img itself: used up before the with closes it
-        small.thumbnail((size, size))
-        buffer = io.BytesIO()
-        small.save(buffer, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(), *small.size
+    data = read_bytes(uri, attempts=2)
+    if decoder is None:
+        decoder = IsolatedDecoder(thumbnail_image, timeout_s=DECODE_TIMEOUT_S)
+        try:
+            small = decoder(data, size=size).pixels
+        finally:
+            decoder.close()
+    else:
+        small = decoder(data, size=size).pixels
+    height, width = small.shape[:2]
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(small)).decode(), width, height
 
 
 class Thumbnails:
-    """img elements for URIs, each image read once; a failed read shows its reason instead."""
+    """img elements for URIs, each image read once; a failed read shows its reason instead.
+
+    One sandboxed decoder for the whole report; close() ends its child process.
+    """
 
     def __init__(self, size: int):
         self.size, self._made = size, {}
+        self._decoder = IsolatedDecoder(thumbnail_image, timeout_s=DECODE_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._decoder.close()
 
     def __call__(self, uri: str) -> str:
         if uri not in self._made:
             try:
-                src, width, height = thumbnail(uri, self.size)
+                src, width, height = thumbnail(uri, self.size, self._decoder)
                 self._made[uri] = (
                     f'<img class="thumb" src="{src}" width="{width}" height="{height}" alt="{_esc(uri)}">'
                 )
@@ -163,46 +173,49 @@ def write_report(
     error_columns = ["image_id", "uri", "stage", "error_type", "message"]
     error_rows, error_total, _ = read_rows(errors, error_columns, max_errors) if errors else ([], 0, {})
     thumbs = Thumbnails(thumb_px)
-    body = [
-        f"<header><h1>VGG16 labels: {total} images labelled, {error_total} failed</h1>",
-        f'<p class="untrained">{_esc(UNTRAINED_WARNING)}</p>' if is_untrained(provenance) else "",
-        '<dl class="provenance">',
-        *(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in sorted(provenance.items())),
-        "</dl></header>",
-        '<section id="images"><h2>Images</h2>',
-        f'<p class="count">Showing {len(rows)} of {total} labelled images.</p>',
-        '<div class="grid">',
-        *(_image(row, thumbs, 5) for row in rows),
-        "</div></section>",
-        f'<section id="errors"><h2>Errors</h2><p class="count">Showing {len(error_rows)} of {error_total} '
-        "failed inputs.</p><table><thead><tr><th>uri</th><th>stage</th><th>error_type</th><th>message</th>"
-        "</tr></thead><tbody>",
-        *(_error(row) for row in error_rows),
-        "</tbody></table></section>",
-    ]
-    if index is not None:
-        from pipeline.tools.search import EmbeddingIndex  # faiss loads only when neighbours are asked for
-
-        loaded = EmbeddingIndex(index)
-        if provenance and loaded.provenance["weights_sha256"] != provenance.get("weights_sha256"):
-            raise ValueError(
-                f"the index {index} holds fc7 of weights sha256 {loaded.provenance['weights_sha256']}, "
-                f"not those of these predictions ({provenance.get('weights_sha256')}); pass the index "
-                "built from them."
-            )
-        body += [
-            '<section id="neighbours"><h2>Nearest neighbours</h2>',
-            f"<p>Cosine similarity of fc7; {_esc(loaded.info['kind'])} index "
-            f"{_esc(loaded.info['index_key'])} of {loaded.info['count']} images.</p>",
-            *_neighbours(loaded, rows, thumbs, queries, k),
-            "</section>",
+    try:
+        body = [
+            f"<header><h1>VGG16 labels: {total} images labelled, {error_total} failed</h1>",
+            f'<p class="untrained">{_esc(UNTRAINED_WARNING)}</p>' if is_untrained(provenance) else "",
+            '<dl class="provenance">',
+            *(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in sorted(provenance.items())),
+            "</dl></header>",
+            '<section id="images"><h2>Images</h2>',
+            f'<p class="count">Showing {len(rows)} of {total} labelled images.</p>',
+            '<div class="grid">',
+            *(_image(row, thumbs, 5) for row in rows),
+            "</div></section>",
+            f'<section id="errors"><h2>Errors</h2><p class="count">Showing {len(error_rows)} of '
+            f"{error_total} failed inputs.</p><table><thead><tr><th>uri</th><th>stage</th>"
+            "<th>error_type</th><th>message</th></tr></thead><tbody>",
+            *(_error(row) for row in error_rows),
+            "</tbody></table></section>",
         ]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        f"<title>VGG16 labels: {total} images</title><style>{STYLE}</style></head>"
-        f"<body>{''.join(body)}</body></html>\n"
-    )
+        if index is not None:
+            from pipeline.tools.search import EmbeddingIndex  # faiss loads only when neighbours are asked for
+
+            loaded = EmbeddingIndex(index)
+            if provenance and loaded.provenance["weights_sha256"] != provenance.get("weights_sha256"):
+                raise ValueError(
+                    f"the index {index} holds fc7 of weights sha256 {loaded.provenance['weights_sha256']}, "
+                    f"not those of these predictions ({provenance.get('weights_sha256')}); pass the index "
+                    "built from them."
+                )
+            body += [
+                '<section id="neighbours"><h2>Nearest neighbours</h2>',
+                f"<p>Cosine similarity of fc7; {_esc(loaded.info['kind'])} index "
+                f"{_esc(loaded.info['index_key'])} of {loaded.info['count']} images.</p>",
+                *_neighbours(loaded, rows, thumbs, queries, k),
+                "</section>",
+            ]
+        page = (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f"<title>VGG16 labels: {total} images</title><style>{STYLE}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n"
+        )
+    finally:
+        thumbs.close()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as handle:
         handle.write(page)

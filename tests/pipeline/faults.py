@@ -116,3 +116,12 @@ def crashing_decode(data: bytes, **kwargs):
     from vgg.preprocess import decode_image
 
     return decode_image(data, **kwargs)
+
+
+def crashing_thumbnail(data: bytes, **kwargs):
+    """vgg.preprocess.thumbnail_image, except that CRASH and HANG bytes do as in crashing_decode."""
+    if data.startswith((CRASH, HANG)):
+        return crashing_decode(data)
+    from vgg.preprocess import thumbnail_image
+
+    return thumbnail_image(data, **kwargs)

@@ -267,3 +267,30 @@ def test_thumbnails_open_only_the_formats_the_job_accepts(tmp_path):
     assert html.startswith('<div class="thumb missing">no thumbnail: unsupported_format: PPM images')
     # Nothing in the report opens images itself: vgg.preprocess does.
     assert "PIL" not in imported_modules(report_module)
+
+
+def test_a_thumbnail_that_crashes_the_decoder_costs_that_thumbnail_only(tmp_path):
+    # The output's images are untrusted: the report decodes them in the sandbox's child, so a
+    # segfault there (tests.pipeline.faults' decoder) is a note in the page and the next
+    # thumbnail is still drawn by a new child.
+    from tests.pipeline.faults import CRASH, crashing_thumbnail
+    from vgg.sandbox import IsolatedDecoder
+
+    crash, fine = tmp_path / "crash.png", tmp_path / "fine.png"
+    crash.write_bytes(CRASH)
+    fine.write_bytes(encode(Image.new("RGB", (40, 20), (0, 0, 255)), "PNG"))
+    thumbs = report_module.Thumbnails(32)
+    thumbs._decoder.close()
+
+    thumbs._decoder = IsolatedDecoder(crashing_thumbnail, timeout_s=60)
+    try:
+        assert thumbs(str(crash)) == (
+            '<div class="thumb missing">no thumbnail: the decoder process died while decoding this '
+            "input (killed by signal SIGSEGV)</div>"
+        )
+        drawn = thumbs(str(fine))
+    finally:
+        thumbs.close()
+    # 40x20 shrunk to fit 32x32 keeps its aspect ratio: 32x16.
+    assert drawn.startswith('<img class="thumb" src="data:image/jpeg;base64,')
+    assert 'width="32" height="16"' in drawn
