@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from apache_beam.ml.inference.base import PredictionResult
 
 from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler
 
@@ -20,7 +19,7 @@ class FakeModel:
 
 
 class FakeHandler(VGG16ModelHandler):
-    """VGG16ModelHandler with FakeModel; `fail_on` raises for batches holding that pixel value."""
+    """The real VGG16ModelHandler with FakeModel for the network; `fail_on` fails batches with that pixel."""
 
     def __init__(self, fail_on: int | None = None, **config):
         super().__init__(ModelConfig("unused.npz", **config))
@@ -32,5 +31,4 @@ class FakeHandler(VGG16ModelHandler):
     def run_inference(self, batch, model, inference_args=None):
         if self._fail_on is not None and any(int(a[0, 0, 0]) == self._fail_on for a in batch):
             raise RuntimeError("device fell over")
-        probs, fc7 = model(np.stack(batch))
-        return [PredictionResult(None, (p, f)) for p, f in zip(probs, fc7)]
+        return super().run_inference(batch, model, inference_args)  # the real handler's own code
