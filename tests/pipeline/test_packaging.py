@@ -120,7 +120,7 @@ def test_sdist_installs_and_imports_like_on_a_worker(dists, tmp_path):
     assert done.returncode == 0, done.stderr
     vgg_file, pipeline_file, classes = done.stdout.splitlines()
     assert vgg_file == str(target / "vgg" / "__init__.py")
-    assert pipeline_file == str(target / "pipeline" / "options.py")
+    assert pipeline_file == str(target / "pipeline" / "job" / "options.py")
     # 1000 ImageNet classes read from the packaged JSON: index 0 is the tench, 999 toilet tissue.
     assert classes == "1000 n01440764 tench n15075141 toilet_tissue"
 

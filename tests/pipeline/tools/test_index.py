@@ -152,8 +152,15 @@ def test_fit_pca_finds_the_principal_subspace():
     np.testing.assert_allclose(np.abs(np.sum(components * vt[:3], axis=1)), 1, atol=1e-4)
     np.testing.assert_allclose(mean, rows.mean(0), atol=1e-6)
     assert kept == pytest.approx((singular[:3] ** 2).sum() / (singular**2).sum(), rel=1e-5)
-    few, _, _ = fit_pca(rows[:10], 3)  # 10 < 16 rows: the SVD branch
-    assert few.shape == (3, 16)
+    few, few_mean, _ = fit_pca(rows[:10], 3)  # 10 < 16 rows: the SVD branch
+    # Its components are the top eigenvectors of those 10 rows' scatter matrix (eigh: another
+    # algorithm than the SVD the branch uses), again up to sign.
+    centred = rows[:10].astype(np.float64) - rows[:10].mean(0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
+    assert eigenvalues[-3] > 1.1 * eigenvalues[-4]  # a well-separated top 3: the subspace is defined
+    top3 = eigenvectors[:, ::-1][:, :3].T
+    np.testing.assert_allclose(np.abs(np.sum(few * top3, axis=1)), 1, atol=1e-4)
+    np.testing.assert_allclose(few_mean, rows[:10].mean(0), atol=1e-6)
     with pytest.raises(ValueError, match="Received: dim=17"):
         fit_pca(rows, 17)
 
