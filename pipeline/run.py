@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
-from pipeline import contract, logs, storage  # noqa: E402
+from pipeline import ConfigError, contract, logs, storage  # noqa: E402
 from pipeline.job import options, resume, write  # noqa: E402
 from pipeline.job.decode import DecodeConfig  # noqa: E402
 from pipeline.job.label import LabelImages  # noqa: E402
@@ -29,7 +29,7 @@ from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E40
 
 log = logging.getLogger("pipeline.run")
 # A user's mistake, found on the launcher: one `error:` line and exit status 2.
-USAGE_ERRORS = (options.ConfigError, WeightsError, storage.InputError, write.OutputError)
+USAGE_ERRORS = (ConfigError, WeightsError, storage.InputError, write.OutputError)
 
 
 def check_launch(args) -> WeightsInfo:

@@ -23,9 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
-from pipeline import METRICS_NAMESPACE
+from pipeline import METRICS_NAMESPACE, ConfigError
 from pipeline.contract import TABLE_KEYS, Shards, decode_provenance, disagreements, image_id
-from pipeline.job.options import ConfigError
 from pipeline.job.write import remove_empty_temp_dirs, remove_shards
 from pipeline.storage import find_shards, read_schema
 

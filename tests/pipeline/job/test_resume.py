@@ -6,8 +6,8 @@ import os
 
 import pytest
 
+from pipeline import ConfigError
 from pipeline.contract import Shards
-from pipeline.job.options import ConfigError
 from pipeline.job.resume import Plan, check_compatible
 from pipeline.storage import find_shards, read_provenance
 from tests.conftest import SAMPLES
