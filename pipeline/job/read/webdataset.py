@@ -74,10 +74,10 @@ def read(shard: str, handle, image_field, _key_field, max_bytes) -> Iterator[Mem
                 break
             tar.members.clear()  # stream mode keeps every TarInfo; a shard can hold 10^5 members
             last = member.name
-            key, suffix = _split_name(member.name) if member.isfile() else (None, None)
+            key, suffix = _sample_member(member)
             if key is None:
-                continue  # directories, links, names without a dot: not sample members
-            if sample is None or key != sample.key or suffix in sample.suffixes:
+                continue
+            if _starts_sample(key, suffix, sample.key if sample else None, sample.suffixes if sample else ()):
                 if sample is not None:  # WebDataset starts a sample where the key changes
                     yield sample.item(uris(sample.key), image_field, max_bytes)
                     done += 1
@@ -117,6 +117,16 @@ def _tar_stream(tar: tarfile.TarFile) -> str:
     return "tar stream" if kind == "tar" else f"uncompressed tar stream (the file is {kind})"
 
 
+def _sample_member(member: tarfile.TarInfo) -> tuple[str | None, str | None]:
+    """(key, suffix) of a sample's member; (None, None) for directories, links, names without a dot."""
+    return _split_name(member.name) if member.isfile() else (None, None)
+
+
+def _starts_sample(key: str, suffix: str, sample_key: str | None, sample_suffixes) -> bool:
+    """WebDataset's grouping: a new sample starts where the key changes or a suffix repeats."""
+    return sample_key is None or key != sample_key or suffix in sample_suffixes
+
+
 def _split_name(name: str) -> tuple[str | None, str | None]:
     match = _KEY_AND_SUFFIX.match(name)
     return (match.group(1), match.group(2).lower()) if match else (None, None)
@@ -148,10 +158,10 @@ def _first_suffixes(handle, limit: int = 256) -> list[str] | None:
             if member is None:
                 break
             tar.members.clear()
-            name, suffix = _split_name(member.name) if member.isfile() else (None, None)
+            name, suffix = _sample_member(member)
             if name is None:
                 continue
-            if key is not None and (name != key or suffix in suffixes):
+            if key is not None and _starts_sample(name, suffix, key, suffixes):
                 break
             key = name
             suffixes.append(suffix)
