@@ -316,27 +316,8 @@ def _decode_opened(
     max_pixels: int,
     background: tuple[int, int, int],
 ) -> DecodedImage:
-    fmt = img.format
-    if fmt not in ALLOWED_FORMATS:
-        raise _not_accepted(fmt)
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(
-            "too_large",
-            f"the image is {width}x{height} = {width * height} pixels, over "
-            f"max_pixels={max_pixels}; it may be a decompression bomb. "
-            "Downscale it, or raise max_pixels if it is genuine",
-        )
-    if draft:
-        needed = IMAGE_SIZE if resize == "squash" else _CROP_SHORT_SIDE
-        # Square request, so EXIF orientation (applied later) cannot matter.
-        img.draft("RGB", (needed, needed))
-    try:
-        img.load()
-    except _DECODE_ERRORS as e:
-        raise _decode_failure(e, data, fmt) from e
-    if _orientation(img) in _QUARTER_TURNS:  # displayed on its side: width and height trade
-        width, height = height, width
+    needed = IMAGE_SIZE if resize == "squash" else _CROP_SHORT_SIDE
+    width, height = _load_checked(img, data, max_pixels, needed if draft else None)
     # Turning before the conversion to RGB gives the same pixels: both only move or map them.
     rgb = to_rgb(upright(img), background)
     if resize == "squash":
@@ -360,18 +341,8 @@ def thumbnail_image(data: bytes, *, size: int = 128, max_pixels: int = MAX_PIXEL
     if size < 1:
         raise ValueError(f"size must be at least 1. Received: size={size}")
     with open_image(data) as img:
-        fmt = img.format
-        if fmt not in ALLOWED_FORMATS:
-            raise _not_accepted(fmt)
-        if img.width * img.height > max_pixels:
-            raise ImageError("too_large", f"the image is {img.width}x{img.height} pixels, over {max_pixels}")
-        img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        try:
-            img.load()
-        except _DECODE_ERRORS as e:
-            raise _decode_failure(e, data, fmt) from e
+        width, height = _load_checked(img, data, max_pixels, size)  # JPEG: at a reduced scale
         small = to_rgb(upright(img))
-        width, height = small.size
         small.thumbnail((size, size))
         pixels = np.asarray(small, dtype=np.uint8)
     return DecodedImage(pixels=pixels, width=width, height=height)
@@ -382,6 +353,40 @@ def jpeg_bytes(pixels: np.ndarray, *, quality: int = 80) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def _load_checked(img: Image.Image, data: bytes, max_pixels: int, draft_size: int | None) -> tuple[int, int]:
+    """Checks an opened image's format and pixel count (from the header), then decodes it.
+
+    With draft_size, libjpeg may decode at a reduced scale no smaller than that square.
+
+    Returns:
+        The image's width and height as displayed (after EXIF orientation), full size.
+
+    Raises:
+        ImageError: not an accepted format, over max_pixels, or the data fails to decode.
+    """
+    fmt = img.format
+    if fmt not in ALLOWED_FORMATS:
+        raise _not_accepted(fmt)
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_large",
+            f"the image is {width}x{height} = {width * height} pixels, over "
+            f"max_pixels={max_pixels}; it may be a decompression bomb. "
+            "Downscale it, or raise max_pixels if it is genuine",
+        )
+    if draft_size is not None:
+        # Square request, so EXIF orientation (applied later) cannot matter.
+        img.draft("RGB", (draft_size, draft_size))
+    try:
+        img.load()
+    except _DECODE_ERRORS as e:
+        raise _decode_failure(e, data, fmt) from e
+    if _orientation(img) in _QUARTER_TURNS:  # displayed on its side: width and height trade
+        width, height = height, width
+    return width, height
 
 
 def _orientation(img: Image.Image) -> int:

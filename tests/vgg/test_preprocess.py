@@ -711,3 +711,13 @@ def test_load_image_leaves_no_file_open(tmp_path, sample_bytes):
         with pytest.raises(ImageError):
             load_image(bad)
     assert len(os.listdir(fd_dir)) == before
+
+
+def test_thumbnail_reports_the_whole_image_as_displayed():
+    # 300x200 stored, EXIF 6 (a quarter turn): displayed 200x300. The JPEG decodes at half
+    # scale (draft to at least 64 px), yet the size reported is the whole displayed image's,
+    # as decode_image reports it; the thumbnail fits 64 px on its long side: 64 high.
+    data = exif_tagged(Image.new("RGB", (300, 200), RED), "JPEG", 6)
+    thumb = preprocess.thumbnail_image(data, size=64)
+    assert (thumb.width, thumb.height) == (200, 300) == (decode_image(data).width, decode_image(data).height)
+    assert thumb.pixels.shape[0] == 64 and thumb.pixels.shape[1] < 64 and thumb.pixels.shape[2] == 3
