@@ -7,11 +7,12 @@ import sys
 from collections import namedtuple
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.contract import shard_glob
+from pipeline.contract import predictions_schema, shard_glob
 from pipeline.storage import match
 from tests.conftest import SAMPLES
 from tests.pipeline.jobs import run_job
@@ -44,6 +45,38 @@ PROVENANCE = {
     "top_k": "5",
     "package_version": "0.1.0",
 }
+
+
+def write_predictions(
+    path,
+    vectors: np.ndarray,
+    first: int,
+    *,
+    labels: bool = False,
+    row_group_size: int | None = None,
+    **metadata,
+) -> None:
+    """A predictions Parquet file like pipeline.run's holding these fc7 rows (ids id{first:05d} on).
+
+    With `labels`, row n's one label is class n % 7 with score 1 / (n + 2); else no labels.
+    `metadata` overrides PROVENANCE keys.
+    """
+    schema = predictions_schema(embeddings=True, provenance=PROVENANCE | metadata)
+    ids = [f"id{first + i:05d}" for i in range(len(vectors))]
+    columns = {
+        "image_id": ids,
+        "uri": [f"/photos/{i}.jpg" for i in ids],
+        "width": [640] * len(ids),
+        "height": [480] * len(ids),
+        "labels": [
+            [{"class_index": n % 7, "wnid": "n0", "label": f"label{n % 7}", "score": 1 / (n + 2)}]
+            if labels
+            else []
+            for n in range(first, first + len(ids))
+        ],
+        "fc7": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), 4096),
+    }
+    pq.write_table(pa.table(columns, schema=schema), path, row_group_size=row_group_size)
 
 
 @pytest.fixture(scope="session")

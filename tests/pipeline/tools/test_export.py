@@ -17,7 +17,7 @@ from pipeline.contract import PREDICTIONS, decode_provenance, errors_schema, pre
 from pipeline.tools import export as export_module
 from pipeline.tools.export import ExportError, export_laion
 from tests.conftest import REPO
-from tests.pipeline.conftest import PROVENANCE
+from tests.pipeline.conftest import PROVENANCE, write_predictions
 
 
 def write_output(
@@ -25,26 +25,10 @@ def write_output(
 ) -> pathlib.Path:
     """An output folder as pipeline.run writes it: predictions shards holding these fc7 rows, and errors."""
     folder.mkdir(parents=True, exist_ok=True)
-    schema = predictions_schema(embeddings=True, provenance=PROVENANCE | metadata)
     first = 0
     for part, vectors in enumerate(shards):
-        ids = [f"id{first + i:05d}" for i in range(len(vectors))]
-        columns = {
-            "image_id": ids,
-            "uri": [f"/photos/{i}.jpg" for i in ids],
-            "width": [640] * len(ids),
-            "height": [480] * len(ids),
-            "labels": [
-                [{"class_index": n % 7, "wnid": "n0", "label": f"label{n % 7}", "score": 1 / (n + 2)}]
-                for n in range(first, first + len(ids))
-            ],
-            "fc7": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), 4096),
-        }
-        pq.write_table(
-            pa.table(columns, schema=schema),
-            folder / f"predictions-{part:05d}-of-{len(shards):05d}.parquet",
-            row_group_size=row_group_size,
-        )
+        path = folder / f"predictions-{part:05d}-of-{len(shards):05d}.parquet"
+        write_predictions(path, vectors, first, labels=True, row_group_size=row_group_size, **metadata)
         first += len(vectors)
     pq.write_table(
         errors_schema(provenance=PROVENANCE).empty_table(), folder / "errors-00000-of-00001.parquet"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import pathlib
 
 import faiss
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,22 +14,7 @@ from pipeline.contract import predictions_schema
 from pipeline.tools import index as index_module
 from pipeline.tools.index import ParquetEmbeddings, build_index, choose_index, fit_pca, normalize
 from pipeline.tools.search import EmbeddingIndex
-from tests.pipeline.conftest import PROVENANCE
-
-
-def write_predictions(path: pathlib.Path, vectors: np.ndarray, first: int, **metadata) -> None:
-    """A predictions Parquet file like pipeline.run's, with the given fc7 rows."""
-    schema = predictions_schema(embeddings=True, provenance=PROVENANCE | metadata)
-    ids = [f"id{first + i:05d}" for i in range(len(vectors))]
-    columns = {
-        "image_id": ids,
-        "uri": [f"/photos/{i}.jpg" for i in ids],
-        "width": [640] * len(ids),
-        "height": [480] * len(ids),
-        "labels": [[]] * len(ids),
-        "fc7": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 4096),
-    }
-    pq.write_table(pa.table(columns, schema=schema), path)
+from tests.pipeline.conftest import PROVENANCE, write_predictions
 
 
 @pytest.fixture(scope="module")
