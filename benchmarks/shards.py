@@ -14,8 +14,9 @@ process on the DirectRunner:
   unless --weights: speed does not depend on their values); its wall and images/s are
   those of the summary line, the pipeline without the process's start-up.
 
-Files opened are the calls of Beam's FileSystems.open on the inputs (the launcher's look
-at a shard included), counted by a wrapper in the measured process. Writes shards.json
+Files opened are the opens of the inputs (pipeline.storage's one opening of any input,
+local or remote; the launcher's look at a shard included), counted by a wrapper in the
+measured process. Writes shards.json
 and shards.txt (the printed table) into --results. The fastest round of each is reported.
 """
 
@@ -57,18 +58,18 @@ def pack(paths: list[str], folder: str, per_shard: int) -> list[str]:
 
 
 def _count_opens(under: str) -> collections.Counter:
-    """Counts every FileSystems.open of a path under `under` from now on, in this process."""
-    from apache_beam.io.filesystems import FileSystems
+    """Counts every open of an input under `under` from now on, in this process."""
+    from pipeline import storage
 
     opens: collections.Counter = collections.Counter()
-    real_open = FileSystems.open
+    real_open = storage._open_raw
 
-    def counting_open(path, *args, **kwargs):
-        if path.startswith(under):
-            opens[path] += 1
-        return real_open(path, *args, **kwargs)
+    def counting_open(uri, *args, **kwargs):
+        if uri.startswith(under):
+            opens[uri] += 1
+        return real_open(uri, *args, **kwargs)
 
-    FileSystems.open = staticmethod(counting_open)
+    storage._open_raw = counting_open
     return opens
 
 
@@ -212,7 +213,7 @@ def table(result: dict, markdown: bool = False) -> str:
         body.append(row)
     note = (
         f"{result['images']} photos of {result['size']}; best of {result['rounds']} round(s); 'opened': "
-        "FileSystems.open calls on the inputs in the read step, the launcher's included"
+        "opens of the inputs in the read step, the launcher's included"
     )
     lines = [tables.table(head, body, markdown=markdown), "", note]
     return "\n".join([results.machine_line(result["machine"]), *([""] if markdown else []), *lines])

@@ -138,3 +138,59 @@ def stream_growth(uri: str, fmt: str, *, warm_up: str, max_bytes: int) -> dict:
 if __name__ == "__main__":  # python -m tests.shards URI FORMAT WARM_UP_URI MAX_BYTES
     uri, fmt, warm_up, max_bytes = sys.argv[1:]
     print(json.dumps(stream_growth(uri, fmt, warm_up=warm_up, max_bytes=int(max_bytes))))
+
+
+def write_img2dataset(
+    folder: str | pathlib.Path, shards: list[list[bytes | None]], *, output_format: str = "webdataset"
+) -> list[str]:
+    """An img2dataset output folder as its writers lay it out (img2dataset/writer.py, logger.py): shard paths.
+
+    Per shard NNNNN: `NNNNN.tar` (webdataset) or `NNNNN.parquet` (parquet) with the images,
+    beside a webdataset shard `NNNNN.parquet` with the metadata only, and `NNNNN_stats.json`.
+    The key is the shard number and the index in it (`000010002`); a None image is a failed
+    download: a metadata row (status "failed_to_download"), no tar members, a null parquet jpg.
+    """
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, images in enumerate(shards):
+        name = f"{number:05d}"
+        keys = [f"{name}{index:04d}" for index in range(len(images))]
+        meta = {
+            "url": [f"https://example.com/{key}.jpg" for key in keys],
+            "caption": [f"caption {key}" for key in keys],
+            "key": keys,
+            "status": ["success" if image is not None else "failed_to_download" for image in images],
+            "error_message": [None if image is not None else "HTTP Error 404" for image in images],
+            "width": [256 if image is not None else None for image in images],
+            "height": [256 if image is not None else None for image in images],
+        }
+        if output_format == "webdataset":
+            members = []
+            for key, image, url in zip(keys, images, meta["url"]):
+                if image is not None:
+                    record = json.dumps({"url": url, "key": key, "status": "success"}, indent=4).encode()
+                    members += [
+                        (f"{key}.jpg", image),
+                        (f"{key}.txt", f"caption {key}".encode()),
+                        (f"{key}.json", record),
+                    ]
+            write_tar(folder / f"{name}.tar", members)
+            write_parquet(folder / f"{name}.parquet", [meta])
+            paths.append(str(folder / f"{name}.tar"))
+        elif output_format == "parquet":
+            write_parquet(folder / f"{name}.parquet", [{**meta, "jpg": pa.array(images, pa.binary())}])
+            paths.append(str(folder / f"{name}.parquet"))
+        else:
+            raise ValueError(f"output_format must be webdataset or parquet. Received: {output_format!r}")
+        successes = sum(image is not None for image in images)
+        stats = {
+            "count": len(images),
+            "successes": successes,
+            "failed_to_download": len(images) - successes,
+            "failed_to_resize": 0,
+            "duration": 1.5,
+            "status_dict": {"success": successes},
+        }
+        (folder / f"{name}_stats.json").write_text(json.dumps(stats, indent=4))
+    return paths

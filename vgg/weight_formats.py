@@ -22,6 +22,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
@@ -230,6 +231,37 @@ def npz_is_untrained(path: str) -> bool:
     return UNTRAINED_MARK in npz_headers(path, path)
 
 
+def verify_zip(path: str, name: str, *, block_bytes: int = 1 << 22) -> None:
+    """Reads every member of a zip (an npz, a `.keras`) to its end, which checks each one's CRC-32.
+
+    Raises:
+      WeightsError: naming the member that fails (its CRC, its compressed stream, or the
+        file ends inside it).
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise WeightsError(f"{name}: not a readable zip file ({error}).") from error
+    with archive:
+        for info in archive.infolist():
+            try:
+                with archive.open(info) as member:
+                    while member.read(block_bytes):
+                        pass
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                OSError,
+                EOFError,
+                ValueError,
+                NotImplementedError,
+            ) as error:
+                raise WeightsError(
+                    f"{name}: member {info.filename!r} is damaged ({error}); the file is corrupt: "
+                    "copy or download it again."
+                ) from error
+
+
 def mark_npz_untrained(path: str) -> None:
     """Adds the UNTRAINED mark to an npz: a one-byte array under the key `UNTRAINED_MARK`."""
     with zipfile.ZipFile(path, "a") as archive:
@@ -373,6 +405,45 @@ def write_h5(weights: Weights, target: str | BinaryIO, *, naming: str = "keras2"
             group.attrs["weight_names"] = [n.encode("utf8") for n in names]
             for weight_name, value in zip(names, (kernel, bias)):
                 group.create_dataset(weight_name, data=value)
+
+
+def verify_h5(path: str, name: str, *, block_bytes: int = 1 << 24) -> None:
+    """Reads every dataset of an HDF5 file in full, a block of rows at a time.
+
+    HDF5 checks its own checksums as it reads: those of the metadata in newer files, and a
+    dataset's fletcher32 filter where the file has one. Keras writes no data checksums,
+    so in its files this finds what cannot be read (a truncated file, broken chunks), not
+    a changed byte of data.
+
+    Raises:
+      WeightsError: naming the dataset that cannot be read.
+    """
+    try:
+        root = h5py.File(path, "r")
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"{name}: HDF5 data could not be read ({error}).") from error
+    with root:
+        keys: list[str] = []
+        try:
+            root.visititems(lambda key, item: keys.append(key) if isinstance(item, h5py.Dataset) else None)
+        except (OSError, KeyError, ValueError, RuntimeError) as error:
+            raise WeightsError(f"{name}: HDF5 structure could not be read ({error}).") from error
+        for key in keys:
+            try:
+                dataset = root[key]
+                # Each block is read (HDF5 checks it as it reads) and dropped.
+                if not dataset.shape:
+                    dataset[()]
+                    continue
+                row_bytes = max(1, dataset.dtype.itemsize * math.prod(dataset.shape[1:]))
+                rows = max(1, block_bytes // row_bytes)
+                for start in range(0, dataset.shape[0], rows):
+                    dataset[start : start + rows]
+            except (OSError, KeyError, ValueError, TypeError, RuntimeError) as error:
+                raise WeightsError(
+                    f"{name}: dataset {key!r} could not be read in full ({error}); the file is corrupt: "
+                    "copy or download it again."
+                ) from error
 
 
 def h5_is_untrained(path: str) -> bool:
@@ -603,6 +674,8 @@ class WeightFormat:
         the format has several (h5; see `H5_NAMINGS`). None: read, never written.
       is_untrained: path -> whether the file carries the UNTRAINED mark.
       mark_untrained: path -> None; adds that mark to a file `write` wrote.
+      verify: (path, name) -> None; reads all of the file's data once, so that its own
+        checks (zip CRCs, HDF5 checksums where present) find damage before anything loads.
       claims: for a format whose magic another shares (a `.keras` and an npz are both
         zips): source -> whether the file is this one, from a look inside it. The format
         sharing the magic without `claims` takes the files no other claims.
@@ -616,6 +689,7 @@ class WeightFormat:
     write: Callable[..., None] | None
     is_untrained: Callable[[str], bool]
     mark_untrained: Callable[[str], None] | None
+    verify: Callable[[str, str], None]
     claims: Callable[[str | BinaryIO], bool] | None = None
 
     def read(self, source: str | BinaryIO, name: str) -> Weights:
@@ -635,6 +709,7 @@ FORMATS: dict[str, WeightFormat] = {
             write=write_npz,
             is_untrained=npz_is_untrained,
             mark_untrained=mark_npz_untrained,
+            verify=verify_zip,
         ),
         WeightFormat(
             name="h5",
@@ -645,6 +720,7 @@ FORMATS: dict[str, WeightFormat] = {
             write=write_h5,
             is_untrained=h5_is_untrained,
             mark_untrained=mark_h5_untrained,
+            verify=verify_h5,
         ),
         WeightFormat(
             name="keras",
@@ -655,6 +731,7 @@ FORMATS: dict[str, WeightFormat] = {
             write=None,  # a .keras is a whole model: Keras writes it (model.save), not this package
             is_untrained=_not_marked,
             mark_untrained=None,
+            verify=verify_zip,  # every member's CRC, model.weights.h5 included
             claims=is_keras_archive,
         ),
     )

@@ -158,13 +158,17 @@ def _info(path: str, fmt: WeightFormat, digest: str) -> WeightsInfo:
 
 
 def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
-    """Checks a weights file without loading its data: format, keys, shapes, optional hash.
+    """Checks a weights file without loading it: format, keys, shapes, optional hash, intact data.
 
-    Cheap enough for a job launcher: reads headers, the first layer (7 KB) and one pass for
-    the sha256.
+    What a job launcher runs before anything is submitted: it reads the headers and the
+    first layer, and the whole file twice, once for the sha256 and once to verify its data
+    with the file's own checks (every zip member's CRC-32 in an npz or a `.keras`; in an
+    h5, every dataset read, which HDF5 checks against its checksums where the file has
+    them). Both passes are remembered per (path, inode, size, mtime) in this process.
 
     Raises:
-      WeightsError: naming the file and what is wrong with it.
+      WeightsError: naming the file and what is wrong with it (for damaged data, the
+        member or dataset).
     """
     path, fmt, digest = _open_checked(source, sha256)
     layers = fmt.layers(path, path)
@@ -172,7 +176,19 @@ def describe_weights(source: str, *, sha256: str | None = None) -> WeightsInfo:
         next(layers)  # every key, shape and dtype is checked before the first (small) layer
     finally:
         layers.close()
+    _verify(path, fmt)
     return _info(path, fmt, digest)
+
+
+def _verify(path: str, fmt: WeightFormat) -> None:
+    stat = os.stat(path)
+    _verified(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, fmt.name, path)
+
+
+@functools.lru_cache(maxsize=16)
+def _verified(real_path: str, inode: int, size: int, mtime_ns: int, fmt: str, name: str) -> None:
+    """Runs the format's verify once per file version and process (a failure is not remembered)."""
+    FORMATS[fmt].verify(real_path, name)
 
 
 def read_weights(source: str, *, sha256: str | None = None) -> tuple[Weights, WeightsInfo]:

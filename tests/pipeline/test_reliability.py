@@ -13,6 +13,8 @@ import functools
 import operator
 import os
 import shutil
+import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -126,11 +128,11 @@ def test_corpus_real_job_with_bundle_repeat(corpus, tmp_path, npz_path, read_row
     predictions, errors = check_outcomes(read_rows, out, folder, expected)
     ok, failed = counts(expected)
     assert f"summary: {len(expected)} inputs, {ok} labelled, {sum(failed.values())} failed " in done.stdout
-    # Replayed bundles leave nothing behind: one shard each, no temp files.
-    assert sorted(p.name for p in out.iterdir()) == [
-        "errors-00000-of-00001.parquet",
-        "predictions-00000-of-00001.parquet",
-    ]
+    # Replayed bundles leave nothing behind: one file per table, no temp files, nothing uncommitted.
+    assert sorted(p.relative_to(out).as_posix() for p in out.iterdir()) == ["errors", "predictions"]
+    for table in ("errors", "predictions"):
+        names = sorted(p.name for p in (out / table).iterdir())
+        assert names[0] == "_delta_log" and len(names) == 2 and names[1].endswith("-00000-of-00001.parquet")
     labels = {r["uri"]: [x["class_index"] for x in r["labels"]] for r in predictions}
     assert all(len(v) == 5 for v in labels.values())
 
@@ -209,6 +211,80 @@ def test_faults_in_a_job(tmp_path, npz_path, capsys, monkeypatch, read_rows):
     # Retries: 1 + 2 + 3 for the flaky files (recovered) + 3 for the one that stays down.
     assert "; 9 read retries, 0 decoder crashes/timeouts contained" in line
     assert line.startswith("summary: 8 inputs, 4 labelled, 4 failed (read 4, decode 0, inference 0);")
+
+
+# ------------------------------------------------------------- odd names and special files
+
+
+def test_every_listed_entry_is_one_row(tmp_path, npz_path, capsys, read_rows):
+    # What a real folder can hold: a name that is not UTF-8, one with a backslash, links
+    # that lead nowhere or in a loop, a FIFO, a socket, a sub-folder; and, in --input_list,
+    # a name with spaces at both ends. Each is one row, the job ends, and the summary counts
+    # what bash lists.
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    raw = os.fsencode(folder)
+    photo = (SAMPLES / "coffee.jpg").read_bytes()
+    for name in (b"caf\xe9.jpg", b"back\\slash.jpg"):
+        with open(raw + b"/" + name, "wb") as handle:
+            handle.write(photo)
+    os.symlink("nowhere.jpg", folder / "dangling.jpg")
+    os.symlink("loop-b.jpg", folder / "loop-a.jpg")
+    os.symlink("loop-a.jpg", folder / "loop-b.jpg")
+    os.mkfifo(folder / "fifo.jpg")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "inner.jpg").write_bytes(photo)  # under the folder `*` lists, not listed itself
+    spaced = tmp_path / "  spaced .jpg "
+    spaced.write_bytes(photo)
+    listed = tmp_path / "list.txt"
+    # The FIFO once more: one input however often it is named.
+    listed.write_text(f"{spaced}\n{folder}/fifo.jpg\n")
+    out = tmp_path / "out"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(folder / "socket.jpg"))
+        shell = subprocess.run(
+            ["bash", "-O", "globstar", "-c", 'printf "%s\\0" "$1"/*', "_", str(folder)],
+            capture_output=True,
+            check=True,
+        )
+        listing = shell.stdout.count(b"\0")
+        line = run_here(
+            capsys,
+            *("--input", f"{folder}/*", "--input_list", listed, "--output", out, "--weights", npz_path),
+        )
+    assert listing == 8
+    # 8 entries the pattern lists + the spaced name: 3 photos labelled, 6 errors rows.
+    assert line.startswith(
+        f"summary: {listing + 1} inputs, 3 labelled, 6 failed (read 6, decode 0, inference 0);"
+    )
+    predictions, _ = read_rows(out, "predictions")
+    errors, _ = read_rows(out, "errors")
+    rows = {r["uri"]: r for r in predictions + errors}
+    assert len(rows) == len(predictions) + len(errors) == listing + 1  # each exactly once
+    assert all(r["image_id"] == image_id(r["uri"]) for r in rows.values())
+    assert sorted(r["uri"] for r in predictions) == sorted(
+        [f"file://{folder}/caf%E9.jpg", f"{folder}/back\\slash.jpg", str(spaced)]
+    )
+    assert {r["uri"].removeprefix(f"{folder}/"): r["error_type"] for r in errors} == {
+        "dangling.jpg": "not_found",
+        "loop-a.jpg": "symlink_loop",
+        "loop-b.jpg": "symlink_loop",
+        "fifo.jpg": "not_a_file",
+        "socket.jpg": "not_a_file",
+        "sub": "not_a_file",
+    }
+
+
+def test_a_bare_folder_as_input_is_one_error_line(tmp_path, npz_path, capsys):
+    # The most natural thing to type: refused on the launcher, exit 2, one line naming DIR/**.
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes())
+    out = tmp_path / "out"
+    code = job.main(["--input", str(tmp_path / "photos"), "--output", str(out), "--weights", npz_path])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and not out.exists()
+    assert err.startswith(f"error: --input '{tmp_path}/photos' is a folder")
+    assert f"'{tmp_path}/photos/**" in err
 
 
 # ------------------------------------------------------------- untrusted weights

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ast
 import os
+import struct
 import subprocess
 import sys
+import zipfile
 
+import h5py
 import numpy as np
 import pytest
 
@@ -179,3 +182,81 @@ def test_imagenet_offline_message(monkeypatch, tmp_path):
     monkeypatch.setattr(keras.utils, "get_file", refuse)
     with pytest.raises(WeightsError, match="pass its path instead"):
         describe_weights("imagenet")
+
+
+# ------------------------------------------------------------- damaged data
+
+
+def member_data_offset(path, member: str) -> tuple[int, int]:
+    """(offset, size) of a stored zip member's data in the file: after its local header."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(member)
+    with open(path, "rb") as handle:
+        handle.seek(info.header_offset + 26)  # the local header's name and extra field lengths
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+    return info.header_offset + 30 + name_length + extra_length, info.compress_size
+
+
+def flipped(source, target, offset: int) -> str:
+    """A copy of source with one bit of the byte at offset flipped: damage no header shows."""
+    data = bytearray(open(source, "rb").read())
+    data[offset] ^= 0x01
+    target.write_bytes(bytes(data))
+    return str(target)
+
+
+def test_a_bad_crc_in_an_npz_is_found_before_loading(npz_path, tmp_path):
+    # One bit in the middle of fc7's kernel: every header, key and shape is still right, so
+    # only reading the member to its end (its CRC-32) finds it. The file names the member.
+    offset, size = member_data_offset(npz_path, "fc7_W.npy")
+    bad = flipped(npz_path, tmp_path / "w.npz", offset + size // 2)
+    with pytest.raises(WeightsError) as error:
+        describe_weights(bad)
+    assert str(error.value) == (
+        f"{bad}: member 'fc7_W.npy' is damaged (Bad CRC-32 for file 'fc7_W.npy'); "
+        "the file is corrupt: copy or download it again."
+    )
+    # The command line says it in one line, exit 2.
+    done = subprocess.run(
+        [sys.executable, "-m", "vgg.weights", "inspect", bad], cwd=REPO, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stderr) == (2, f"error: {error.value}\n")
+
+
+def test_a_bad_crc_in_a_keras_archive(synth, tmp_path):
+    # What Keras saves (`model.save`), with a bit flipped in model.weights.h5, which it
+    # stores in the zip: that member's CRC-32 fails.
+    from vgg.model import build_vgg16
+
+    saved = str(tmp_path / "vgg16.keras")
+    build_vgg16(weights=((layer, *arrays) for layer, arrays in synth.items())).save(saved)
+    assert describe_weights(saved).format == "keras"
+    offset, size = member_data_offset(saved, "model.weights.h5")
+    bad = flipped(saved, tmp_path / "m.keras", offset + size // 2)
+    with pytest.raises(WeightsError, match=r"m.keras: member 'model.weights.h5' is damaged \(Bad CRC-32"):
+        describe_weights(bad)
+
+
+def test_an_h5_checksum_is_checked_where_the_file_has_one(h5_path, tmp_path):
+    # Keras writes no data checksums; an h5 with fletcher32 on its datasets (h5py's
+    # `fletcher32=True`) has one per chunk, which HDF5 checks as every dataset is read.
+    summed = str(tmp_path / "summed.h5")
+    with h5py.File(h5_path, "r") as source, h5py.File(summed, "w") as target:
+        for key, value in source.attrs.items():
+            target.attrs[key] = value
+        for layer in source:
+            group = target.create_group(layer)
+            for key, value in source[layer].attrs.items():
+                group.attrs[key] = value
+            for name, dataset in source[layer].items():
+                group.create_dataset(name, data=dataset[()], fletcher32=True, chunks=dataset.shape)
+    assert describe_weights(summed).format == "h5"
+    with h5py.File(summed, "r") as root:
+        dataset = root["fc2/fc2_W_1:0"]  # fc7's kernel, in one chunk
+        assert dataset.fletcher32
+        chunk = dataset.id.get_chunk_info(0)
+    bad = flipped(summed, tmp_path / "bad.h5", chunk.byte_offset + chunk.size // 2)
+    with pytest.raises(WeightsError) as error:
+        describe_weights(bad)
+    assert str(error.value).startswith(f"{bad}: dataset 'fc2/fc2_W_1:0' could not be read in full (")
+    assert str(error.value).endswith("); the file is corrupt: copy or download it again.")

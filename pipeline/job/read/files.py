@@ -2,38 +2,49 @@
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.contract import ERRORS, error_row, image_id
-from pipeline.storage import InputError, ReadError, first_cause, read_bytes
+from pipeline.contract import ERRORS, error_row, image_id, path_uri, printable, uri_path
+from pipeline.storage import InputError, ReadError, expand, first_cause, is_local, read_bytes
 
 log = logging.getLogger(__name__)
 
 
 def check_patterns(patterns: list[str]) -> list[str]:
-    """Each pattern's first match; fails when one matches nothing (one listing call per pattern)."""
+    """Each pattern's first match; fails when one matches nothing (one listing call per pattern).
+
+    A local folder named as it is (`photos`, no wildcard) is refused: it would be one
+    `not_a_file` errors row, and what to label under it is for the user to say (DIR/**).
+    """
     first = []
     for pattern in patterns:
+        if is_local(pattern) and not glob.has_magic(pattern) and os.path.isdir(uri_path(pattern)):
+            shown = printable(pattern.rstrip("/"))
+            raise InputError(
+                f"--input {pattern!r} is a folder, not a pattern of files: pass --input '{shown}/**/*.jpg' "
+                f"(one --input per extension), or '{shown}/**' for every entry under it (each sub-folder "
+                "then an errors row); docs/inputs.md#patterns"
+            )
         try:
-            result = FileSystems.match([pattern], limits=[1])[0]
+            found = next(expand(pattern, limit=1), None)
         except (BeamIOError, OSError, ValueError) as error:
             raise InputError(f"--input {pattern!r} cannot be listed: {first_cause(error)}") from error
-        if not result.metadata_list:
+        if found is None:
             raise InputError(f"--input {pattern!r} matches no files.")
-        first.append(result.metadata_list[0].path)
+        first.append(found)
     return first
 
 
 def read_input_list(path: str) -> list[str]:
-    """URIs from a text file, one per line; blank lines and '#' comments skipped."""
+    """URIs from a text file, one per line; blank lines and '#' comments skipped (list_line)."""
     try:
         with FileSystems.open(path) as handle:
             text = handle.read().decode("utf-8")
@@ -41,22 +52,35 @@ def read_input_list(path: str) -> list[str]:
         raise InputError(f"--input_list {path!r} cannot be read: {first_cause(error)}") from error
     except UnicodeDecodeError as error:
         raise InputError(f"--input_list {path!r} is not UTF-8 text: {error}") from error
-    uris = [line.strip() for line in text.splitlines()]
-    uris = [u for u in uris if u and not u.startswith("#")]
+    # Lines end at "\n" (or "\r\n"), as Beam's ReadFromText reads the same file in the job.
+    uris = [uri for line in text.split("\n") if (uri := list_line(line.removesuffix("\r")))]
     if not uris:
         raise InputError(f"--input_list {path!r} lists no URIs.")
     return uris
 
 
+def list_line(line: str) -> str | None:
+    """The uri a line of an --input_list names, or None for a blank line or a '#' comment.
+
+    The line is the name, spaces and all (only its line ending is not part of it). A
+    local path is made absolute and spelled as the listing spells it
+    (pipeline.contract.path_uri), so a file:// URI of a name whose bytes are UTF-8 becomes
+    its plain path: one input, one uri and image_id, however it is written.
+    """
+    if not line.strip() or line.lstrip().startswith("#"):
+        return None
+    return absolute(line)
+
+
 def absolute(uri: str) -> str:
-    """A local path made absolute (workers may run elsewhere); URIs with a scheme unchanged."""
-    return uri if "://" in uri else os.path.abspath(uri)
+    """A local path made absolute (workers may run elsewhere), in its uri spelling; other URIs unchanged."""
+    return path_uri(os.path.abspath(uri_path(uri))) if is_local(uri) else uri
 
 
 def _listed(line: str):
-    uri = line.strip()
-    if uri and not uri.startswith("#"):
-        yield absolute(uri)
+    uri = list_line(line.removesuffix("\r"))
+    if uri is not None:
+        yield uri
 
 
 def check_inputs(patterns: list[str] | None, input_list: str | None) -> list[str]:
@@ -87,10 +111,7 @@ class MatchInputs(beam.PTransform):
         sources = []
         if self._patterns:
             sources.append(
-                pbegin
-                | "Patterns" >> beam.Create(self._patterns)
-                | "Match" >> fileio.MatchAll()
-                | "Paths" >> beam.Map(lambda metadata: metadata.path)
+                pbegin | "Patterns" >> beam.Create(self._patterns) | "Match" >> beam.FlatMap(expand)
             )
         if self._input_list:
             sources.append(
@@ -115,11 +136,12 @@ class ReadImage(beam.DoFn):
             data = self._reader(uri)
         except ReadError as error:
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", error.error_type, str(error)))
+            message = printable(str(error))
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", error.error_type, message))
             return
         except Exception as error:  # a reader bug on one file must not fail the job
             self._failed.inc()
-            message = f"{uri}: {type(error).__name__}: {error}"
+            message = printable(f"{uri}: {type(error).__name__}: {error}")
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(key, uri, "read", "read_error", message))
             return
         self._read.inc()

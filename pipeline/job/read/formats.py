@@ -15,6 +15,12 @@ from pipeline.job.read import parquet, tfrecord, webdataset
 MODULES: dict[str, ModuleType] = {"webdataset": webdataset, "tfrecord": tfrecord, "parquet": parquet}
 FORMATS = tuple(MODULES)
 SNIFF_BYTES = 1 << 16
+# The name endings (lower case) each format's shards usually have: the launcher opens such files first.
+NAMES: dict[str, tuple[str, ...]] = {
+    "webdataset": (".tar", ".tar.gz", ".tgz"),
+    "tfrecord": tuple(f"{ext}{gz}" for ext in (".tfrecord", ".tfrecords", ".tfrec") for gz in ("", ".gz")),
+    "parquet": (".parquet",),
+}
 
 
 def module(fmt: str) -> ModuleType:
@@ -26,6 +32,11 @@ def module(fmt: str) -> ModuleType:
     if fmt not in MODULES:
         raise ValueError(f"fmt must be one of {FORMATS}. Received: fmt={fmt!r}")
     return MODULES[fmt]
+
+
+def named_like(uri: str, fmt: str) -> bool:
+    """Whether a file's name ends as the shards of `fmt` usually do (`.tar`, `.tfrecord`, `.parquet`, ...)."""
+    return uri.lower().endswith(NAMES[fmt])
 
 
 def sniff(head: bytes, uri: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import NamedTuple
 
+from pipeline.contract import key_uri
+
 
 class Member(NamedTuple):
     """One image of a shard."""
@@ -25,15 +27,17 @@ class Failure(NamedTuple):
 class Uris:
     """SHARD#KEY, made unique within the shard by appending #2, #3, ... in shard order.
 
-    With keys that are always indices (track=False) no uri can repeat: nothing is kept.
+    KEY is the key as pipeline.contract.key_uri writes it: unchanged when its bytes are
+    UTF-8 (and it does not start with '%'), else percent-encoded behind a '%'. With keys
+    that are always indices (track=False) no uri can repeat: nothing is kept.
     """
 
     def __init__(self, shard: str, *, track: bool = True):
         self._shard = shard
         self._given: set[str] | None = set() if track else None
 
-    def __call__(self, key: str) -> str:
-        uri = f"{self._shard}#{key}"
+    def __call__(self, key: str | bytes) -> str:
+        uri = f"{self._shard}#{key_uri(key)}"
         if self._given is None:
             return uri
         candidate = uri
@@ -55,8 +59,9 @@ def too_large(uri: str, what: str, size: int, max_bytes: int) -> Failure:
     return Failure(uri, "read", "too_large", message)
 
 
-def text(value) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+def key_value(value) -> str | bytes:
+    """A key field's value as Uris takes it: bytes as they are (spelled there), anything else as str."""
+    return value if isinstance(value, bytes) else str(value)
 
 
 def either(names) -> str:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.job.read.members import Failure, Member, Uris, either, one_line, text, too_large
+from pipeline.job.read.members import Failure, Member, Uris, either, key_value, one_line, too_large
 
 # Without --image_field, the first of these a Parquet file has as a column (img2dataset,
 # Hugging Face datasets, others).
@@ -24,7 +24,8 @@ _BUFFER = 1 << 20  # pages are read through a 1 MiB buffer, not a column chunk a
 
 def read(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Member | Failure]:
     try:
-        parquet = pq.ParquetFile(handle, buffer_size=_BUFFER)
+        # pre_buffer=False: newer pyarrow would otherwise read a row group's column chunks whole, ahead.
+        parquet = pq.ParquetFile(handle, buffer_size=_BUFFER, pre_buffer=False)
     except (OSError, pa.ArrowException) as error:
         message = f"{shard}: damaged: not a readable Parquet file ({one_line(error)}); no row read"
         yield Failure(shard, "read", "damaged_shard", message)
@@ -49,7 +50,7 @@ def read(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Memb
                 keys = batch.column(key) if key else None
                 for i in range(batch.num_rows):
                     name = keys[i].as_py() if key else None
-                    uri = uris(str(index)) if name is None else uris(text(name))
+                    uri = uris(str(index)) if name is None else uris(key_value(name))
                     if images is None:
                         yield Failure(uri, "read", "no_image", f"{uri}: {problem}")
                     elif not images[i].is_valid:

@@ -7,6 +7,7 @@ first frame's length checksum). The frame reader is our own (TFRecordFrames).
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import struct
 import zlib
@@ -15,7 +16,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
-from pipeline.job.read.members import Failure, Member, Uris, damaged, either, text, too_large
+from pipeline.job.read.members import Failure, Member, Uris, damaged, either, key_value, too_large
 
 # Without --image_field, the first of these a record has (TF-slim/Object Detection style, TFDS,
 # img2dataset).
@@ -136,7 +137,7 @@ def _example_type():
 def read(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Member | Failure]:
     example_type = _example_type()
     uris = Uris(shard, track=key_field is not None)
-    frames = TFRecordFrames(handle, max_bytes)
+    frames = TFRecordFrames(gunzipped(shard, handle), max_bytes)
     for index in itertools.count():
         start = frames.position
         where = f"in record {index} (at byte {start})"
@@ -154,7 +155,7 @@ def read(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Memb
             what = "the file ends inside it" if isinstance(error, TruncatedFrame) else _BAD_LENGTH
             yield damaged(shard, where, what, index, "record(s)")
             return
-        except zlib.error as error:  # a `.gz` shard whose compressed stream is corrupt
+        except (zlib.error, gzip.BadGzipFile, EOFError) as error:  # a `.gz` shard: corrupt, or cut short
             yield damaged(shard, where, f"corrupt gzip data: {error}", index, "record(s)")
             return
         if record is None:
@@ -163,6 +164,17 @@ def read(shard: str, handle, image_field, key_field, max_bytes) -> Iterator[Memb
 
 
 _BAD_LENGTH = "its length fails its checksum (CRC)"
+
+
+def gunzipped(shard: str, handle: BinaryIO) -> BinaryIO:
+    """The records of a shard opened as it is stored: gunzipped when its name ends in `.gz`.
+
+    As TFRecordWriter's "GZIP" option writes and Beam reads them (by name). Not Beam's
+    decompression: it ends a stream cut short without a word, so that a shard cut in its
+    gzip header would read as no records and one cut between records as fewer; Python's
+    gzip raises EOFError there (and BadGzipFile for a bad header or CRC): a damaged_shard row.
+    """
+    return gzip.GzipFile(fileobj=handle, mode="rb") if shard.endswith(".gz") else handle
 
 
 def _example_item(record: bytes, index: int, example_type, uris: Uris, image_field, key_field):
@@ -184,10 +196,10 @@ def _example_item(record: bytes, index: int, example_type, uris: Uris, image_fie
     return Member(uri, feature.bytes_list.value[0])
 
 
-def _feature_key(feature) -> str | None:
+def _feature_key(feature) -> str | bytes | None:
     kind = feature.WhichOneof("kind")
     values = getattr(feature, kind).value if kind else ()
-    return text(values[0]) if values else None
+    return key_value(values[0]) if values else None
 
 
 def field_problem(handle, image_field: str | None, key_field: str | None) -> str | None:

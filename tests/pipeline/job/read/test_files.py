@@ -135,7 +135,7 @@ def test_symlink_loop_is_permanent(tmp_path):
     slept = []
     with pytest.raises(ReadError) as info:
         read_bytes(str(tmp_path / "a.jpg"), sleep=slept.append)
-    assert (info.value.error_type, slept) == ("read_error", [])
+    assert (info.value.error_type, slept) == ("symlink_loop", [])
     assert "Too many levels of symbolic links" in str(info.value)
 
 
@@ -152,9 +152,9 @@ def test_path_through_a_file_is_permanent(tmp_path):
 @pytest.mark.parametrize(
     ("error", "error_type"),
     [
-        (OSError(errno.ELOOP, "Too many levels of symbolic links"), "read_error"),
+        (OSError(errno.ELOOP, "Too many levels of symbolic links"), "symlink_loop"),
         (NotADirectoryError(errno.ENOTDIR, "Not a directory"), "not_found"),
-        (BeamIOError("open failed", {"p": OSError(errno.ELOOP, "loop")}), "read_error"),  # wrapped
+        (BeamIOError("open failed", {"p": OSError(errno.ELOOP, "loop")}), "symlink_loop"),  # wrapped
         (OSError("[Errno 20] Not a directory: '/p/x'"), "not_found"),  # only the text says so
         (ConnectionResetError(errno.ECONNRESET, "reset"), None),  # transient: retried
     ],

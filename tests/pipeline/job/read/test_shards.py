@@ -5,16 +5,20 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
+import threading
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -32,6 +36,7 @@ from tests.shards import (
     Repeated,
     example,
     tar_offsets,
+    write_img2dataset,
     write_parquet,
     write_tar,
     write_tfrecord,
@@ -71,6 +76,9 @@ def test_shard_error_types_are_in_the_one_read_vocabulary():
         "damaged_shard",
         "bad_record",
         "no_image",
+        "not_a_file",
+        "symlink_loop",
+        "read_timeout",
     ]
     assert ERROR_TYPES["read"] == READ_ERROR_TYPES
     assert READ_ERROR_TYPES["too_large"].startswith("the file or shard member is over --max_input_bytes")
@@ -411,6 +419,25 @@ def test_tfrecord_gzip(tmp_path, records):
     ]
 
 
+@pytest.mark.parametrize("cut", ["in the gzip header", "mid-stream", "in the gzip trailer"])
+def test_truncated_gzip_tfrecord_is_damage_not_fewer_records(tmp_path, records, cut):
+    # A gzip stream cut short must say so: cut in its header it would otherwise read as a
+    # shard of no records, cut at the end of a record as a shard of fewer, with no row.
+    write_tfrecord(tmp_path / "full.tfrecord.gz", records, gzip=True)
+    data = (tmp_path / "full.tfrecord.gz").read_bytes()
+    at = {"in the gzip header": 6, "mid-stream": len(data) // 2, "in the gzip trailer": len(data) - 4}[cut]
+    shard = tmp_path / "r.tfrecord.gz"
+    shard.write_bytes(data[:at])
+    *before, last = read(shard, "tfrecord")
+    assert (last.uri, last.error_type) == (str(shard), "damaged_shard")
+    assert "corrupt gzip data: " in last.message
+    # The records before the damage are the whole shard's first ones.
+    whole = renamed(read(tmp_path / "full.tfrecord.gz", "tfrecord"), "full.", "r.")
+    assert before == whole[: len(before)]
+    if cut == "in the gzip trailer":  # every record was read: only the end-of-stream marker is gone
+        assert before == whole
+
+
 # ------------------------------------------------------------------ parquet
 
 
@@ -585,12 +612,14 @@ class _DropsAfter(io.RawIOBase):
 
 
 def test_a_retry_mid_shard_yields_no_member_twice(tmp_path, monkeypatch):
-    shard = tmp_path / "s.tar"
+    # Through faulty:// (tests/pipeline/faults.py), which Beam's FileSystems.open serves: local
+    # paths are opened by pipeline.storage itself, after a look at what they are.
+    shard = faulty(tmp_path / "s.tar")
     # Six samples of 8 KiB + a 512-byte header each: sample n's data ends at 8704 * (n + 1).
-    write_tar(shard, [(f"{n:03d}.jpg", bytes([n]) * 8192) for n in range(6)])
+    write_tar(tmp_path / "s.tar", [(f"{n:03d}.jpg", bytes([n]) * 8192) for n in range(6)])
     expected = read(shard, "webdataset")
     items, yielded_at_reopen = [], []
-    real_open = shards.FileSystems.open
+    real_open = FileSystems.open
 
     def open_drops_once(uri, compression_type):
         if yielded_at_reopen or items:
@@ -599,9 +628,9 @@ def test_a_retry_mid_shard_yields_no_member_twice(tmp_path, monkeypatch):
         yielded_at_reopen.append(None)
         # tarfile reads 10 KiB at a time: the first two reads (20 KiB) hold samples 000 and
         # 001 whole; the third, up to 30 KiB, fails at 3 * 8704.
-        return io.BufferedReader(_DropsAfter(uri, 3 * 8704), 512)
+        return io.BufferedReader(_DropsAfter(FaultyFileSystem.local(uri), 3 * 8704), 512)
 
-    monkeypatch.setattr(shards.FileSystems, "open", open_drops_once)
+    monkeypatch.setattr(FileSystems, "open", open_drops_once)
     for item in read_shard(str(shard), "webdataset", sleep=lambda s: None):
         items.append(item)
     assert yielded_at_reopen == [None, 2]  # two members out before the drop, then one reopen
@@ -632,10 +661,10 @@ def bucket():
         client.create_bucket(Bucket="shards")
         flags = [f"--s3_endpoint_url={endpoint}", "--s3_region_name=us-east-1"]
         flags += [f"--s3_access_key_id={key}", f"--s3_secret_access_key={secret}"]
-        shards.FileSystems.set_options(PipelineOptions(flags))
+        FileSystems.set_options(PipelineOptions(flags))
         yield client
     finally:
-        shards.FileSystems.set_options(None)
+        FileSystems.set_options(None)
         server.stop()
 
 
@@ -714,6 +743,145 @@ def test_check_format_says_what_the_file_looks_like(one_of_each, sample_photos):
         check_format(str(one_of_each / "missing"), "parquet")
     with pytest.raises(ValueError, match=r"Received: fmt='files'"):  # a programming error
         check_format(str(parquet), "files")
+
+
+# ------------------------------------------------------------------ the launcher's look at the listing
+
+
+def launcher_check(*, patterns=(), input_list=None, fmt="webdataset") -> None:
+    shards.check_inputs(
+        shards.InputConfig(patterns=tuple(map(str, patterns)), input_list=input_list, format=fmt)
+    )
+
+
+def listing(folder, names) -> str:
+    """A --input_list file naming folder's files (as faulty:// URIs, so opens are counted), in this order."""
+    path = folder / "shards.txt"
+    path.write_text("".join(f"{faulty(folder / name)}\n" for name in names))
+    return str(path)
+
+
+def test_damaged_or_stray_files_before_a_good_shard_are_left_to_the_job(tmp_path, caplog):
+    # As a pattern or list may give them: shards damaged where a header would be (empty,
+    # garbage), a file that is no tar at all, then a good tar. The launcher opens the files
+    # named like tars, once each, in order, up to the good one (the .parquet is not even
+    # opened), and passes with a warning: each is an errors row in the job, as it would be
+    # anywhere else in the inputs.
+    (tmp_path / "0-empty.tar").write_bytes(b"")
+    (tmp_path / "1-garbage.tar").write_bytes(np.random.default_rng(0).bytes(4096))
+    write_parquet(tmp_path / "2-meta.parquet", [{"key": ["000"], "url": ["https://example.com/0.jpg"]}])
+    write_tar(tmp_path / "3-good.tar", MEMBERS)
+    write_tar(tmp_path / "4-next.tar", MEMBERS)
+    names = ["0-empty.tar", "1-garbage.tar", "2-meta.parquet", "3-good.tar", "4-next.tar"]
+    listed = listing(tmp_path, names)
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        launcher_check(input_list=listed)
+    opened = ["0-empty.tar", "1-garbage.tar", "3-good.tar"]
+    assert FaultyFileSystem.opens == {str(tmp_path / name): 1 for name in opened}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--input_format webdataset: {faulty(tmp_path / '0-empty.tar')} does not look like a tar archive "
+        f"(WebDataset shard): it is empty; nor does 1 more of the files --input_list {listed!r} names; "
+        "the job gives each such file an errors row."
+    ]
+    # A file that cannot be read is the job's row too (not_found, permission_denied).
+    FaultyFileSystem.faults[str(tmp_path / "0-empty.tar")] = ("permission", 0)
+    launcher_check(input_list=listing(tmp_path, ["0-empty.tar", "gone.tar", "3-good.tar"]))
+    # Alone, each is what the user must hear about: one line, and nothing is submitted.
+    FaultyFileSystem.reset()
+    for name, problem in [
+        ("0-empty.tar", "; it is empty."),
+        ("1-garbage.tar", f"; its first bytes ({(tmp_path / '1-garbage.tar').read_bytes()[:8].hex(' ')}) "),
+        ("gone.tar", "gone.tar cannot be read: "),
+    ]:
+        with pytest.raises(InputError, match=re.escape(problem)):
+            launcher_check(input_list=listing(tmp_path, [name]))
+
+
+def test_refused_when_none_of_the_files_opened_looks_like_the_format(tmp_path, sample_photos):
+    # A wrong --input_format: the message names a file that says what to pass instead.
+    (tmp_path / "photo.jpg").write_bytes(sample_photos[0].read_bytes())
+    for name in ("a.parquet", "b.parquet"):
+        write_parquet(tmp_path / name, [{"jpg": [b"x"]}])
+    listed = listing(tmp_path, ["photo.jpg", "a.parquet", "b.parquet"])
+    with pytest.raises(InputError) as error:
+        launcher_check(input_list=listed)
+    assert str(error.value) == (
+        f"--input_format webdataset: {faulty(tmp_path / 'a.parquet')} does not look like a tar archive "
+        f"(WebDataset shard), nor do 2 more of the files --input_list {listed!r} names; "
+        "it looks like a Parquet file: pass --input_format parquet."
+    )
+    # It opens at most SAMPLE_OPENS of them: a tar after those, named like none, is not seen.
+    FaultyFileSystem.reset()
+    photos = [f"{i:02d}.jpg" for i in range(shards.SAMPLE_OPENS + 2)]
+    for name in photos:
+        (tmp_path / name).write_bytes(sample_photos[0].read_bytes())
+    write_tar(tmp_path / "good", MEMBERS)
+    with pytest.raises(InputError, match=f"nor do {shards.SAMPLE_OPENS - 1} more of the files"):
+        launcher_check(input_list=listing(tmp_path, [*photos, "good"]))
+    assert sorted(FaultyFileSystem.opens) == [str(tmp_path / n) for n in photos[: shards.SAMPLE_OPENS]]
+    # Files named like the format's shards are opened first, wherever they are listed.
+    FaultyFileSystem.reset()
+    (tmp_path / "good").rename(tmp_path / "good.tar")
+    launcher_check(input_list=listing(tmp_path, [*photos, "good.tar"]))
+    assert FaultyFileSystem.opens == {str(tmp_path / "good.tar"): 1}
+
+
+def test_a_fifo_among_the_files_is_never_opened(tmp_path):
+    # Opening a FIFO blocks until a writer comes: the launcher looks at what a name is first.
+    fifo = tmp_path / "0-fifo.tar"
+    os.mkfifo(fifo)
+    write_tar(tmp_path / "1-good.tar", MEMBERS)
+    done = []
+    check = threading.Thread(
+        target=lambda: done.append(
+            shards.check_sample([str(fifo), str(tmp_path / "1-good.tar")], "webdataset", "x")
+        ),
+        daemon=True,
+    )
+    check.start()
+    check.join(timeout=30)  # the check takes milliseconds; blocked in open(), it would never end
+    blocked = check.is_alive()
+    if blocked:  # a writer (opening without blocking) releases it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        check.join(timeout=30)
+    assert not blocked, "the launcher opened the FIFO"
+    assert done == [str(tmp_path / "1-good.tar")]
+    with pytest.raises(InputError, match=r"0-fifo.tar cannot be read: not a regular file"):
+        shards.check_sample([str(fifo)], "webdataset", "x")
+
+
+def test_an_img2dataset_folder(tmp_path, caplog):
+    # img2dataset's --output_format webdataset: per shard a tar, a .parquet of metadata and a
+    # _stats.json. `*` matches all three: the launcher opens a tar (named like one) and says
+    # which pattern would match the shards only; the others are the job's errors rows.
+    folder = tmp_path / "laion"
+    write_img2dataset(folder, [[b"jpeg 0", None, b"jpeg 2"]])
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        launcher_check(patterns=[faulty(folder) + "/*"])
+    assert FaultyFileSystem.opens == {str(folder / "00000.tar"): 1}
+    hint = (
+        f"({faulty(folder)} is an img2dataset output folder: beside its .tar shards it holds metadata files, "
+        "each of which would be a damaged_shard errors row; to read only its shards, pass "
+        f"--input '{faulty(folder)}/*.tar')"
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--input_format webdataset: the files --input '{faulty(folder)}/*' matches are not all shards "
+        f"{hint}."
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        launcher_check(patterns=[folder / "*.tar"])
+    assert caplog.records == []
+    # Another format asked for: the message names the tar and the pattern to pass.
+    with pytest.raises(InputError) as error:
+        launcher_check(patterns=[folder / "*"], fmt="tfrecord")
+    assert str(error.value) == (
+        f"--input_format tfrecord: {folder}/00000.tar does not look like a TFRecord file, nor do 2 more "
+        f"of the files --input '{folder}/*' matches; it looks like a tar archive (WebDataset shard) "
+        f"({folder} is an img2dataset output folder: beside its .tar shards it holds metadata files, each "
+        "of which would be a damaged_shard errors row; to read only its shards, pass --input_format "
+        f"webdataset --input '{folder}/*.tar')."
+    )
 
 
 # ------------------------------------------------------------------ through Beam
