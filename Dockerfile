@@ -3,13 +3,16 @@
 # with --environment_type=DOCKER, and as an EXTERNAL worker pool (run it with --worker_pool).
 #
 # The base image must be the same Beam version and Python minor version as the launcher
-# that submits the job (tests/pipeline/test_packaging.py checks these defaults against the
-# installed Beam). Build and push (see docs/deployment.md):
+# that submits the job, so BEAM_VERSION has no default: the build takes the launcher's
+# (setup.py allows a range of Beam releases; tests/pipeline/test_packaging.py checks that
+# the image name this gives is Beam's own default container for the launcher). Build and
+# push from the checkout (see docs/deployment.md):
 #
-#   docker build -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0 .
+#   docker build --build-arg BEAM_VERSION="$(.venv/bin/python -c 'import apache_beam; print(apache_beam.__version__)')" \
+#     -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0 .
 #   docker push REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0
 ARG PY_VERSION=3.11
-ARG BEAM_VERSION=2.62.0
+ARG BEAM_VERSION
 FROM apache/beam_python${PY_VERSION}_sdk:${BEAM_VERSION}
 
 # An ARG declared before FROM is not visible after it unless declared again.

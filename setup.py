@@ -8,6 +8,10 @@ from setuptools import find_namespace_packages, setup
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "vgg" / "__init__.py").read_text()).group(1)
 INTEROP = ["duckdb>=1.1", "polars>=1.0", "pandas>=2.0,<2.3", "lancedb>=0.40", "embedding-reader>=1.8"]
+# DuckDB reads the Delta tables with its delta extension, which `INSTALL delta` downloads from
+# extensions.duckdb.org. The test machines cannot reach it, so the tests load it from PyPI's
+# wheel, built for exactly one DuckDB release: duckdb is pinned to it for the tests only.
+DUCKDB_DELTA = ["duckdb==1.5.5", "duckdb-extensions==1.5.5", "duckdb-extension-delta==1.5.5"]
 
 setup(
     name="vgg16-beam",
@@ -26,10 +30,9 @@ setup(
         "tensorflow>=2.16,<2.22",  # Keras 3; the Linux wheel runs on CUDA GPUs with the 'gpu' extra
         "keras>=3.3",
         # gs:// and s3:// are first-class inputs and outputs, so both filesystems come along.
-        # Pinned to the release of Beam's Flink job server that scripts/flink_setup.sh can
-        # build here: the SDK and the job server must be the same release, and 2.62.0 is the
-        # newest whose Flink runner Maven serves with all its dependencies (docs/flink.md).
-        "apache-beam[gcp,aws]==2.62.0",
+        # A range, newest first: the job runs on every release from 2.62 on. The local Flink
+        # tests pin 2.62.0 in their own venv (scripts/constraints-flink.txt, docs/flink.md).
+        "apache-beam[gcp,aws]>=2.62,<3",
         "numpy>=1.26",
         "pillow>=10.3",
         "pyarrow>=14",
@@ -37,6 +40,8 @@ setup(
         "pyyaml>=6",
         # CRC32C of TFRecord frames (pipeline.job.read.tfrecord); Beam's gcp extra brings it too.
         "google-crc32c>=1.5",
+        # The output's two Delta Lake tables and the commit of each run (pipeline.table).
+        "deltalake>=1.6,<2",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
@@ -45,12 +50,16 @@ setup(
         # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
         "bench": ["tensorflow-hub>=0.16", "tf-keras>=2.16,<2.22", "matplotlib>=3.7"],
         # The tools users open an output with (docs/search.md; tests/pipeline/test_interop.py),
-        # in releases that fit Beam 2.62's pins (pyarrow<17, numpy<2.3, dill<0.3.2): lancedb
+        # in releases that fit Beam 2.62's pins too (pyarrow<17, numpy<2.3, dill<0.3.2): lancedb
         # 0.40 needs pyarrow>=16; pandas stays below 2.3 as Beam's own dataframe extra does.
-        # Not installable beside Beam 2.62: Hugging Face datasets (it needs multiprocess, whose
-        # releases after 0.70.9, the last for Python 3.8, need dill>=0.3.2) and autofaiss
-        # (numpy<2 in every release); embedding-reader is the reader autofaiss loads inputs with.
+        # autofaiss is left out (numpy<2 in every release); embedding-reader is the reader
+        # autofaiss loads inputs with.
         "interop": INTEROP,
+        # Hugging Face datasets, apart: it installs beside current Beam, not beside Beam 2.62
+        # (it needs multiprocess, whose releases after 0.70.9, the last for Python 3.8, need
+        # dill>=0.3.2; Beam 2.62 pins dill<0.3.2). run_tests.sh installs it in .venv, not in
+        # .venv-flink.
+        "interop-hf": ["datasets>=3.0"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -60,6 +69,7 @@ setup(
             # tests/test_docs.py builds the manual under docs/ with `mkdocs build --strict`.
             "mkdocs>=1.6,<2",
             *INTEROP,
+            *DUCKDB_DELTA,
         ],
     },
     entry_points={

@@ -4,17 +4,21 @@
 #
 #   scripts/flink_setup.sh            install what is missing, then print FLINK_HOME=... and
 #                                     FLINK_JOB_SERVER_JAR=... (what --flink_job_server_jar takes)
+#   PY=.venv-flink/bin/python scripts/flink_setup.sh
+#                                     the same, with the job server for that venv's Beam (2.62.0,
+#                                     scripts/constraints-flink.txt; what the Flink tests run on)
 #   source scripts/flink_setup.sh     the same functions and variables, for other scripts
 #
 # Flink comes from PyPI: apache-flink ships bin/ and conf/, apache-flink-libraries the jars.
 # Both go into their own virtual environment with --no-deps, because apache-flink pins an
 # old apache-beam that must not replace the project's. Beam's job server is built with
 # Maven from scripts/flink_job_server/pom.xml: Beam's Flink runner library for the Beam
-# version the project's venv runs, its dependencies copied beside it (docs/flink.md says
-# why Beam's own job-server jar is not used). Neither step downloads anything once its
-# result is in $FLINK_ROOT.
+# version $PY runs (default: the checkout's .venv), its dependencies copied beside it. It is
+# for machines where Beam's FlinkRunner cannot fetch its own job-server jar (docs/flink.md).
+# Neither step downloads anything once its result is in $FLINK_ROOT.
 
-# Flink 1.19: the newest minor with a Beam Flink runner served for the pinned Beam (setup.py).
+# Flink 1.19: the newest minor Beam 2.62's Flink runner supports (.venv-flink's Beam), and
+# one that every later Beam release up to 2.77 supports too.
 FLINK_VERSION="${FLINK_VERSION:-1.19.3}"
 FLINK_MINOR="${FLINK_VERSION%.*}"
 FLINK_ROOT="${FLINK_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.flink}"
@@ -39,7 +43,7 @@ ensure_flink() {
   export FLINK_HOME
 }
 
-# The apache-beam version the project's virtual environment runs (the job server must match it).
+# The apache-beam version $PY runs (default: the checkout's .venv); the job server must match it.
 beam_version() {
   "${PY:-.venv/bin/python}" -W ignore::FutureWarning -c 'import apache_beam; print(apache_beam.__version__)'
 }

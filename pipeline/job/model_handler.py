@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,6 +20,12 @@ from vgg.architecture import PRECISIONS
 from vgg.hardware import precision_warning
 
 log = logging.getLogger(__name__)
+
+# Newer Beam releases (2.77 among them) take batching and sharing as ModelHandler's own
+# keyword arguments (large_model, model_copies, min/max_batch_size); 2.62, the release of the
+# local Flink job server (docs/flink.md), asks the handler's methods instead. Remove the
+# older path when setup.py's range no longer includes 2.62.
+BEAM_HANDLER_TAKES_SHARING = "model_copies" in inspect.signature(ModelHandler.__init__).parameters
 
 if getattr(_beam_inference, "resource", None) is None:
     # Beam imports the stdlib `resource` in the same try-block as its ModelManager, which
@@ -47,6 +54,8 @@ class ModelConfig:
         min_batch_size, max_batch_size: the bounds of Beam's BatchElements (--min_batch_size,
             --batch_size).
         share_model: one copy per machine for all SDK processes (Beam's large_model).
+        model_copies: this many copies per machine, shared by all SDK processes (Beam's
+            model_copies; None: one per process, or one per machine with share_model).
     """
 
     weights: str
@@ -56,6 +65,7 @@ class ModelConfig:
     min_batch_size: int = 1
     max_batch_size: int = 32
     share_model: bool = False
+    model_copies: int | None = None
 
     def __post_init__(self):
         if not self.weights:
@@ -73,6 +83,11 @@ class ModelConfig:
             raise ConfigError(
                 "--min_batch_size must be between 1 and --batch_size; leave it out for full batches. "
                 f"Received: min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}"
+            )
+        if self.model_copies is not None and self.model_copies < 1:
+            raise ConfigError(
+                "--model_copies must be at least 1: the model copies per machine, shared by its SDK "
+                f"processes; leave it out for one copy per process. Received: {self.model_copies}"
             )
 
     @classmethod
@@ -92,6 +107,7 @@ class ModelConfig:
             min_batch_size=args.batch_size if args.min_batch_size is None else args.min_batch_size,
             max_batch_size=args.batch_size,
             share_model=args.share_model,
+            model_copies=args.model_copies,
         )
 
 
@@ -100,23 +116,37 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
 
     RunInference keeps one loaded model per process, shared by all of its threads
     (Beam's `Shared`), and batches with `BatchElements` between the config's sizes. With
-    `share_model` one copy is shared by all SDK processes on a machine instead.
+    `share_model` one copy is shared by all SDK processes on a machine instead, with
+    `model_copies` that many (Beam's `large_model` and `model_copies`).
     Each result's inference is (probs (1000,), fc7 (4096,)) from the same forward pass;
     the input array is not kept in the result, to keep memory flat.
     """
 
     def __init__(self, config: ModelConfig):
-        # Batching and sharing are given by overriding the two methods below, which every
-        # Beam release asks; ModelHandler.__init__ takes them as arguments only in releases
-        # after 2.62, the one the Flink job server is built for (docs/flink.md).
-        super().__init__()
+        if BEAM_HANDLER_TAKES_SHARING:
+            super().__init__(
+                min_batch_size=config.min_batch_size,
+                max_batch_size=config.max_batch_size,
+                large_model=config.share_model,
+                model_copies=config.model_copies,
+            )
+        else:
+            super().__init__()
         self.config = config
 
-    def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": self.config.min_batch_size, "max_batch_size": self.config.max_batch_size}
+    if not BEAM_HANDLER_TAKES_SHARING:
+        # Beam 2.62 reads batching and sharing only from these methods (the same answers as
+        # newer releases give from the keyword arguments above).
 
-    def share_model_across_processes(self) -> bool:
-        return self.config.share_model
+        def batch_elements_kwargs(self) -> dict[str, int]:
+            config = self.config
+            return {"min_batch_size": config.min_batch_size, "max_batch_size": config.max_batch_size}
+
+        def share_model_across_processes(self) -> bool:
+            return self.config.share_model or self.config.model_copies is not None
+
+        def model_copies(self) -> int:
+            return self.config.model_copies or 1
 
     def load_model(self):
         from vgg.inference import Predictor  # TensorFlow is imported on workers only

@@ -9,27 +9,34 @@ A user's mistake is one ConfigError (one `error:` line and exit status 2 in pipe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
 import os
+import shutil
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
 import yaml
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
+    JobServerOptions,
     PipelineOptions,
     PortableOptions,
     StandardOptions,
 )
+from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
+from apache_beam.runners.portability.job_server import JavaJarJobServer
+from apache_beam.utils import subprocess_server
 
 import vgg
 from pipeline import ConfigError, contract
 from pipeline.job.decode import ISOLATION_MODES, DecodeConfig
 from pipeline.job.model_handler import ModelConfig
 from pipeline.job.read.shards import INPUT_FORMATS, InputConfig
-from pipeline.storage import MAX_INPUT_BYTES
+from pipeline.storage import MAX_INPUT_BYTES, READ_TIMEOUT_S
 from vgg.architecture import NUM_CLASSES, PRECISIONS
 from vgg.preprocess import RESIZE_MODES
 from vgg.sandbox import DECODE_TIMEOUT_S
@@ -37,6 +44,9 @@ from vgg.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
+# How long one network operation of the launcher's fetch of Beam's Flink job-server jar may
+# stall before the fetch fails (the whole download of the jar takes longer).
+JAR_FETCH_TIMEOUT_S = 60
 # Beam's S3 flags that carry credentials; the environment or an IAM role is the place for them.
 SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
 
@@ -204,6 +214,14 @@ class VGGOptions(PipelineOptions):
             "instead of one per process: for GPU workers with many vCPUs",
         )
         group.add_argument(
+            "--model_copies",
+            type=int,
+            default=None,
+            help="this many models per machine, shared by all SDK processes (Beam's model_copies): "
+            "several on one GPU, e.g. with NVIDIA MPS (docs/dataflow.md); default: one per process, "
+            "or one per machine with --share_model",
+        )
+        group.add_argument(
             "--max_error_fraction",
             type=_bounded(float, 0.0, 1.0),
             default=1.0,
@@ -215,10 +233,9 @@ class VGGOptions(PipelineOptions):
             "--resume",
             action="store_true",
             default=False,
-            help="keep what --output already holds and label only inputs whose image_id is in none "
-            "of its predictions-*/errors-* shards (previous failures stay failures unless "
-            "--retry_errors); new shards get their own names (predictions-r001-...), never "
-            "overwriting old ones. Without --resume, a run replaces the output's shards.",
+            help="keep what --output already holds and label only inputs whose image_id is in "
+            "neither of its tables (previous failures stay failures unless --retry_errors); the "
+            "run's commit appends its rows. Without --resume, a run's commit replaces both tables.",
         )
         group.add_argument(
             "--retry_errors",
@@ -255,6 +272,14 @@ class VGGOptions(PipelineOptions):
             type=int,
             default=MAX_INPUT_BYTES,
             help="larger input files become errors rows (read, too_large) without being read to the end",
+        )
+        group.add_argument(
+            "--read_timeout_s",
+            type=float,
+            default=READ_TIMEOUT_S,
+            help="a read that takes longer becomes an errors row (read, read_timeout), not retried: "
+            "reading a whole file, or opening a shard or any one read from it (1 MiB); so no "
+            "stuck storage or special file holds a worker forever",
         )
         group.add_argument("--config", default=None, help="YAML file of these and Beam's options")
 
@@ -372,29 +397,78 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
 
 
 def check_flink_job_server(beam_args: Sequence[str]) -> None:
-    """Refuses --runner=FlinkRunner with neither a job-server jar to start nor a job server to use.
+    """Makes sure --runner=FlinkRunner has a job server, before anything else runs.
 
-    Without either, Beam's FlinkRunner downloads Beam's own job-server jar from Maven
-    Central, which does not serve it to this project's machines: an HTTP 404 and a
-    traceback after the launcher's checks (docs/flink.md).
+    With --job_endpoint there is one already. Otherwise the launcher starts Beam's Flink job
+    server with Java, from --flink_job_server_jar or, without it, from the jar Beam's
+    FlinkRunner fetches for the installed Beam and --flink_version (from Maven Central, into
+    Beam's jar cache). That fetch is done here, as Beam does it and into the same cache, so
+    Beam then finds the jar there; what Beam would fail on later (no Java, no network, a
+    repository that does not serve the jar) is one line now, not a traceback after the
+    launcher's checks (docs/flink.md).
 
     Raises:
-        ConfigError: saying how to get the jar.
+        ConfigError: what is missing, and how to get a job server.
     """
     options = PipelineOptions(list(beam_args))
     runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
     if runner not in ("flink", "flinkrunner") or options.view_as(PortableOptions).job_endpoint:
         return
-    jar = options.view_as(FlinkRunnerOptions).flink_job_server_jar
-    how = "scripts/flink_setup.sh builds the jar and prints its path (docs/flink.md)"
-    if not jar:
-        raise ConfigError(
-            "--runner=FlinkRunner needs --flink_job_server_jar=JAR, or --job_endpoint=HOST:PORT of a "
-            "job server you run (Beam would fetch its own jar from Maven Central, which does not "
-            f"serve it to this project's machines); {how}."
-        )
-    if "://" not in jar and not os.path.isfile(jar):
+    flink = options.view_as(FlinkRunnerOptions)
+    jar = flink.flink_job_server_jar
+    endpoint = "or pass --job_endpoint=HOST:PORT of a job server you run (docs/flink.md)"
+    how = f"scripts/flink_setup.sh builds one and prints its path for --flink_job_server_jar=JAR, {endpoint}"
+    if jar and "://" not in jar and not os.path.isfile(jar):
         raise ConfigError(f"--flink_job_server_jar {jar!r} is not a file; {how}.")
+    java = options.view_as(JobServerOptions).job_server_java_launcher
+    if not flink.flink_submit_uber_jar and not shutil.which(java):
+        raise ConfigError(
+            f"--runner=FlinkRunner starts Beam's Flink job server with {java!r}, which is not installed "
+            "here: install Java 17 for it (whether Beam fetches the jar or scripts/flink_setup.sh builds "
+            f"one for --flink_job_server_jar=JAR), {endpoint}."
+        )
+    if jar and "://" not in jar:
+        return
+    url = FlinkJarJobServer(options).path_to_jar()
+    try:
+        with _network_timeout(JAR_FETCH_TIMEOUT_S), _quiet(subprocess_server.__name__):
+            local = JavaJarJobServer.local_jar(url, options.view_as(JobServerOptions).jar_cache_dir)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise ConfigError(
+            f"Beam's FlinkRunner could not fetch its Flink job server jar ({' '.join(str(error).split())}); "
+            f"{how}."
+        ) from error
+    log.info("Beam's Flink job server: %s, from %s", local, url)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Within: the logger's warnings are not shown (the failure is one ConfigError line instead).
+
+    Beam 2.77 warns in six lines, for each repository it tries, that it downloads from a
+    public one; the launcher says in one line where the jar came from once it has it.
+    """
+    logger = logging.getLogger(logger_name)
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _network_timeout(seconds: float):
+    """Within: a network operation that stalls for `seconds` fails instead of hanging.
+
+    Beam's jar download opens its connection without a timeout of its own.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _warn_about_secret_flags(beam_args: Sequence[str]) -> None:
@@ -419,6 +493,15 @@ def provenance(args: argparse.Namespace, info: WeightsInfo) -> dict[str, str]:
         top_k=args.top_k,
         version=vgg.__version__,
     )
+
+
+def s3_options(beam_options) -> dict[str, object]:
+    """The job's S3 options (--s3_endpoint_url, ...) that are set, for the commit step's Delta client."""
+    return {
+        key: value
+        for key, value in beam_options.get_all_options(drop_default=True).items()
+        if key.startswith("s3_") and value is not None
+    }
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:

@@ -48,6 +48,11 @@ class Uploads:
 @pytest.fixture(scope="module")
 def built(npz_path, tmp_path_factory):
     """(request body as a dict, the staged pipeline proto, uploads) for the GPU config."""
+    return build_request(npz_path, tmp_path_factory)
+
+
+def build_request(npz_path, tmp_path_factory, *more):
+    """The request body as a dict, the staged pipeline proto and the uploads, for the config and `more`."""
     photos = tmp_path_factory.mktemp("dataflow-inputs")
     for name in ("astronaut.jpg", "coffee.jpg"):
         shutil.copy(SAMPLES / name, photos / name)
@@ -57,6 +62,7 @@ def built(npz_path, tmp_path_factory):
         "--weights", npz_path,
         "--dry_run=True",  # Beam's TestOptions: build the job, do not create it
         "--no_auth",  # no credentials are looked up
+        *more,
     ]  # fmt: skip
     # The same steps as pipeline.run.run(), up to the runner.
     args, beam_args = parse_args(argv)
@@ -120,13 +126,28 @@ def _run_inference_handler(staged):
     return wrapper._fn._model_handler  # with_exception_handling wraps Beam's _RunInferenceDoFn
 
 
+@pytest.mark.beam_version  # Beam after 2.62 keeps these in its ModelHandler, 2.62 asks the handler
 def test_the_staged_pipeline_shares_one_model_per_vm_in_batches_of_64(built):
     _, staged, _ = built
     handler = _run_inference_handler(staged)
     # share_model: true -> Beam's large_model: one process per VM loads VGG16 and the other
     # SDK processes send it their batches, so the T4 holds one copy, not eight.
-    assert handler.share_model_across_processes() is True
-    assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 64}
+    assert (handler.share_model_across_processes(), handler.model_copies()) == (True, 1)
+    assert dict(handler.batch_elements_kwargs()) == {"min_batch_size": 8, "max_batch_size": 64}
+
+
+@pytest.mark.beam_version
+def test_model_copies_with_nvidia_mps_reach_the_workers(npz_path, tmp_path_factory):
+    # docs/dataflow.md's alternative to one copy per VM: two copies on the T4, shared by the
+    # SDK processes, with NVIDIA MPS so that the two processes holding them share the GPU.
+    mps = f"{T4_WITH_DRIVER};use_nvidia_mps"
+    request, staged, _ = build_request(
+        npz_path, tmp_path_factory, "--model_copies=2", f"--dataflow_service_options={mps}"
+    )
+    assert request["environment"]["serviceOptions"] == [mps]  # the command line's replaces the file's
+    handler = _run_inference_handler(staged)
+    assert (handler.share_model_across_processes(), handler.model_copies()) == (True, 2)
+    assert "no_use_multiple_sdk_containers" not in request["environment"]["experiments"]  # MPS needs them
 
 
 def test_every_step_of_the_job_is_in_the_staged_pipeline(built):
@@ -139,11 +160,20 @@ def test_every_step_of_the_job_is_in_the_staged_pipeline(built):
         return [transforms[i].unique_name.rsplit("/", 1)[-1] for i in transform.subtransforms]
 
     # The steps pipeline.run builds, in the order it builds them (ARCHITECTURE.md's flow).
-    assert children(transforms[root]) == ["Inputs", "Label", "AllErrors", "Write"]
-    assert children(by_name["Inputs"]) == ["Match", "ReadFiles"]
-    assert children(by_name["Inputs/Match"]) == ["Patterns", "Match", "Paths", "AllInputs", "Dedupe"]
+    assert children(transforms[root]) == ["Inputs", "Label", "AllErrors", "Write", "Commit"]
+    assert children(by_name["Inputs"]) == ["Match", "Listed", "ReadFiles"]
+    # Local patterns are listed by pipeline.storage.expand in one step (no --input_list here).
+    assert children(by_name["Inputs/Match"]) == ["Patterns", "Match", "AllInputs", "Dedupe"]
     assert children(by_name["Label"]) == ["Decode", "Infer", "Format", "InferenceErrors", "AllErrors"]
+    # Parquet files first, then one step that commits the files both wrote to the two tables.
     assert children(by_name["Write"]) == ["WritePredictions", "WriteErrors"]
+    assert children(by_name["Commit"]) == [
+        "NamePredictionsFiles",
+        "NameErrorsFiles",
+        "AllFiles",
+        "Together",
+        "Commit",
+    ]
     # Runner v2 reads the steps from the staged proto (the v1 step list stays empty), and
     # the request points at exactly that upload.
     assert request.get("steps", []) == []

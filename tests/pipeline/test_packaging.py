@@ -80,7 +80,7 @@ def dists(tmp_path_factory):
 def test_sdist_for_setup_file_has_every_module_and_the_class_names(dists):
     sdist, _ = dists
     with tarfile.open(sdist) as tar:
-        # Members are "vgg16-beam-0.1.0/vgg/...": drop the top folder.
+        # Members are "vgg16-beam-0.2.0/vgg/...": drop the top folder.
         names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile() and "/" in m.name}
     missing = sorted(set(source_files()) - names)
     assert not missing, f"the sdist lacks {missing}"
@@ -128,22 +128,42 @@ def test_sdist_installs_and_imports_like_on_a_worker(dists, tmp_path):
 # ------------------------------------------------------------------------------ configs
 
 
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory):
+    """Flags with which the Flink configs parse with neither network nor Java.
+
+    The launcher fetches Beam's Flink job server into Beam's jar cache unless it is there
+    (pipeline.job.options.check_flink_job_server): here it is. And it looks for the program
+    that would start it: here any program.
+    """
+    cache = tmp_path_factory.mktemp("jars")
+    minor = load_config(str(REPO / "configs" / "flink.yaml"))["flink_version"]
+    (cache / f"beam-runners-flink-{minor}-job-server-{beam.__version__}.jar").touch()
+    return [f"--jar_cache_dir={cache}", f"--job_server_java_launcher={sys.executable}"]
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_uses_only_known_option_names_and_parses(path):
+def test_every_config_uses_only_known_option_names_and_parses(path, offline):
     config = load_config(str(path))
     assert sorted(set(config) - set(known_option_names())) == []
     config_to_argv(config, [])
-    args, beam_args = parse_args(["--config", str(path)])
+    args, beam_args = parse_args(["--config", str(path), *offline])
     PipelineOptions(beam_args).get_all_options()  # Beam itself accepts every value
     assert args.input and args.output and args.weights
 
 
-def beam_options(name: str):
-    args, beam_args = parse_args(["--config", str(REPO / "configs" / name)])
-    return args, PipelineOptions(beam_args)
+@pytest.fixture
+def beam_options(offline):
+    """The job's options and Beam's from configs/NAME, as the launcher parses them."""
+
+    def parse(name: str):
+        args, beam_args = parse_args(["--config", str(REPO / "configs" / name), *offline])
+        return args, PipelineOptions(beam_args)
+
+    return parse
 
 
-def test_dataflow_gpu_config_sets_what_gpu_workers_need():
+def test_dataflow_gpu_config_sets_what_gpu_workers_need(beam_options):
     args, options = beam_options("dataflow_gpu.yaml")
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
     assert options.view_as(GoogleCloudOptions).dataflow_service_options == [
@@ -159,7 +179,7 @@ def test_dataflow_gpu_config_sets_what_gpu_workers_need():
     assert all(uri.startswith("gs://") for uri in (*args.input, args.output, args.weights))
 
 
-def test_flink_cluster_config_runs_the_same_container():
+def test_flink_cluster_config_runs_the_same_container(beam_options):
     args, options = beam_options("flink_cluster.yaml")
     assert options.view_as(StandardOptions).runner == "FlinkRunner"
     flink = options.view_as(FlinkRunnerOptions)
@@ -171,17 +191,17 @@ def test_flink_cluster_config_runs_the_same_container():
     assert args.share_model is False  # one harness per TaskManager: nothing to share
 
 
-def test_flink_config_is_the_local_clusters_run_with_the_same_job_server():
+def test_flink_config_is_the_local_clusters_run_with_the_same_flink_version(beam_options):
     # configs/flink.yaml is what tests/pipeline/test_flink.py runs; flink_cluster.yaml
     # changes only where a real cluster differs.
     _, local = beam_options("flink.yaml")
     _, cluster = beam_options("flink_cluster.yaml")
     flink, cluster_flink = local.view_as(FlinkRunnerOptions), cluster.view_as(FlinkRunnerOptions)
     assert flink.flink_master == "127.0.0.1:8081"
-    assert (flink.flink_version, flink.flink_job_server_jar) == (
-        cluster_flink.flink_version,
-        cluster_flink.flink_job_server_jar,
-    )
+    assert flink.flink_version == cluster_flink.flink_version
+    # Neither names a job-server jar: the launcher fetches Beam's own for its release, as
+    # Beam's FlinkRunner does (the Flink tests add the one scripts/flink_setup.sh builds).
+    assert flink.flink_job_server_jar is cluster_flink.flink_job_server_jar is None
     portable = local.view_as(PortableOptions)
     assert portable.environment_type == "PROCESS"
     assert json.loads(portable.environment_config) == {"command": "scripts/flink_sdk_worker.sh"}
@@ -208,13 +228,17 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in lines]
 
 
-def test_dockerfile_base_image_is_beams_sdk_for_the_installed_beam_and_python():
+@pytest.mark.beam_version
+def test_dockerfile_base_image_is_beams_sdk_for_the_launchers_beam_and_python():
     instructions = dockerfile_instructions()
     first_from = next(i for i, (op, _) in enumerate(instructions) if op == "FROM")
-    defaults = dict(
-        arg.split("=", 1) for op, arg in instructions[:first_from] if op == "ARG"
-    )  # ARGs before FROM: the build-arg defaults the image name uses
-    image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], instructions[first_from][1])
+    declared = [arg for op, arg in instructions[:first_from] if op == "ARG"]  # what the image name uses
+    # No default Beam version, which would go stale as setup.py's range moves on: the build
+    # is given the launcher's (the Dockerfile's and docs/deployment.md's build command).
+    assert "BEAM_VERSION" in declared
+    defaults = dict(arg.split("=", 1) for arg in declared if "=" in arg)
+    build_args = {**defaults, "BEAM_VERSION": beam.__version__}
+    image = re.sub(r"\$\{(\w+)\}", lambda m: build_args[m.group(1)], instructions[first_from][1])
     # Beam's own default container for this launcher (Beam and Python versions must match).
     assert image == DockerEnvironment.default_docker_image()
     assert image == f"apache/beam_python{sys.version_info[0]}.{sys.version_info[1]}_sdk:{beam.__version__}"

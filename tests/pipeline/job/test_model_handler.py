@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline import ConfigError
-from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler
+from pipeline.job.model_handler import BEAM_HANDLER_TAKES_SHARING, ModelConfig, VGG16ModelHandler
 from pipeline.job.options import job_parser
 from pipeline.storage import InputError, stage_weights
 from tests.pipeline.faults import faulty
@@ -41,13 +45,43 @@ def test_config_from_args_fills_in_full_batches():
         ModelConfig.from_args(args)
 
 
+@pytest.mark.beam_version
 def test_batching_and_sharing_reach_beam():
     handler = VGG16ModelHandler(ModelConfig("w.npz", min_batch_size=16, max_batch_size=16, share_model=True))
-    kwargs = handler.batch_elements_kwargs()
-    assert (kwargs["min_batch_size"], kwargs["max_batch_size"]) == (16, 16)  # full batches only
+    assert dict(handler.batch_elements_kwargs()) == {"min_batch_size": 16, "max_batch_size": 16}
     assert handler.share_model_across_processes()  # Beam's large_model: one copy per machine
-    assert not VGG16ModelHandler(ModelConfig("w.npz")).share_model_across_processes()
+    assert handler.model_copies() == 1
+    alone = VGG16ModelHandler(ModelConfig("w.npz"))
+    assert not alone.share_model_across_processes()  # one copy per SDK process
+    assert alone.model_copies() == 1
     assert handler.get_metrics_namespace() == "vgg16"
+
+
+@pytest.mark.beam_version
+def test_model_copies_are_shared_copies_per_machine():
+    handler = VGG16ModelHandler(ModelConfig("w.npz", model_copies=3))
+    # Beam loads this many copies per machine, each in a shared process the SDK processes
+    # send their batches to (with or without --share_model).
+    assert (handler.share_model_across_processes(), handler.model_copies()) == (True, 3)
+    both = VGG16ModelHandler(ModelConfig("w.npz", share_model=True, model_copies=2))
+    assert (both.share_model_across_processes(), both.model_copies()) == (True, 2)
+    with pytest.raises(ConfigError, match=r"^--model_copies must be at least 1.*Received: 0$"):
+        ModelConfig("w.npz", model_copies=0)
+
+
+@pytest.mark.beam_version
+def test_newer_beam_gets_the_sharing_as_arguments_and_2_62_from_the_methods():
+    # Where Beam's ModelHandler takes large_model/model_copies, Beam's own methods answer
+    # (the handler overrides none of them); only 2.62 needs the handler's overrides.
+    takes = "model_copies" in inspect.signature(ModelHandler.__init__).parameters
+    assert BEAM_HANDLER_TAKES_SHARING is takes
+    # The two ends of setup.py's range, both run by ./run_tests.sh (.venv and .venv-flink).
+    if beam.__version__ == "2.62.0":
+        assert not takes
+    if int(beam.__version__.split(".")[1]) >= 77:
+        assert takes
+    asked = {"batch_elements_kwargs", "share_model_across_processes", "model_copies"}
+    assert asked & set(vars(VGG16ModelHandler)) == (set() if takes else asked)
 
 
 def test_run_inference_is_the_predictor_per_image(predictor, photo_batch):

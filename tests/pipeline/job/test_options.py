@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
+import os
 import re
+import socket
+import socketserver
 import subprocess
 import sys
+import threading
+import time
 
+import apache_beam as beam
 import pytest
 
+from pipeline.job import options
 from pipeline.job.options import (
     ConfigError,
     FlagTable,
@@ -21,6 +31,7 @@ from pipeline.job.options import (
 from pipeline.job.read.shards import InputConfig
 from tests.conftest import REPO
 from tests.pipeline.jobs import run_job
+from tests.pipeline.servers import free_port
 
 BASE = ["--input", "a/*.jpg", "--output", "out", "--weights", "w.npz"]
 
@@ -183,6 +194,7 @@ def test_help_documents_the_reliability_options(capsys):
         "(default: subprocess)",
         "--decode_timeout_s",
         "--max_input_bytes",
+        "--read_timeout_s",
         "--max_error_fraction",
         "1.0 never fails",
     ):
@@ -212,13 +224,14 @@ def test_unknown_arguments_are_refused(typo, message):
 def test_beam_flags_of_every_runner_pass(tmp_path):
     # Flags that only one runner reads are still known to Beam's option classes.
     jar = tmp_path / "job-server.jar"
-    jar.touch()  # FlinkRunner is refused without a job server to start (test_flink.py)
+    jar.touch()  # FlinkRunner is refused without a job server to start (below)
     _, beam_args = parse_args(
         [
             *BASE,
             "--runner=FlinkRunner",
             "--flink_master=127.0.0.1:8081",
             f"--flink_job_server_jar={jar}",
+            f"--job_server_java_launcher={sys.executable}",  # any program: no Java needed here
             "--parallelism=2",
             "--environment_type=EXTERNAL",
             "--environment_config=127.0.0.1:5000",
@@ -257,11 +270,13 @@ BAD_VALUES = {
     "--precision": ["float64"],
     "--batch_size": ["0", "-1", "x"],
     "--min_batch_size": ["0", "17", "1.5"],
+    "--model_copies": ["0", "x"],
     "--max_error_fraction": ["2", "-0.1", "nan", "x"],
     "--decode_isolation": ["thread"],
     "--decode_threads": ["0", "x"],
     "--decode_timeout_s": ["-1", "x"],
     "--max_input_bytes": ["0", "x"],
+    "--read_timeout_s": ["0", "-1", "nan", "x"],
 }
 
 
@@ -360,9 +375,15 @@ def test_input_config_checks_its_own_fields():
         image_field="img",
         key_field="id",
         max_input_bytes=7,
+        read_timeout_s=9.0,
     )
     assert InputConfig.from_args(args) == InputConfig(
-        input_list="l.txt", format="tfrecord", image_field="img", key_field="id", max_bytes=7
+        input_list="l.txt",
+        format="tfrecord",
+        image_field="img",
+        key_field="id",
+        max_bytes=7,
+        read_timeout_s=9.0,
     )
 
 
@@ -379,3 +400,112 @@ def test_no_private_argparse_or_beam_attributes_in_pipeline():
         if private.search(line)
     ]
     assert found == []
+
+
+# ------------------------------------------------ FlinkRunner: a job server, or one error line
+
+FLINK = ["--runner=FlinkRunner", "--flink_master=127.0.0.1:8081", "--flink_version=1.19"]
+
+
+def beams_jar_name() -> str:
+    # The name Beam's FlinkRunner fetches for --flink_version 1.19 and the installed Beam.
+    return f"beam-runners-flink-1.19-job-server-{beam.__version__}.jar"
+
+
+@contextlib.contextmanager
+def http_server(folder, *, answer: bool = True):
+    """http://127.0.0.1:PORT serving `folder`; with answer=False it accepts connections and never answers."""
+
+    class Silent(socketserver.BaseRequestHandler):
+        def handle(self):
+            stop.wait()  # holds the connection open until the test is done
+
+    stop = threading.Event()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler if answer else Silent)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.beam_version
+def test_flink_without_a_jar_uses_the_jar_beam_fetches_into_its_cache(tmp_path):
+    # Beam's FlinkRunner looks in --jar_cache_dir for the jar of its own release before it
+    # downloads it; the launcher resolves the same name, so a cached jar is all it needs.
+    (tmp_path / beams_jar_name()).write_bytes(b"a cached job server")
+    _, beam_args = parse_args([*BASE, *FLINK, f"--jar_cache_dir={tmp_path}"])
+    assert f"--jar_cache_dir={tmp_path}" in beam_args
+
+
+@pytest.mark.beam_version
+def test_a_jar_url_is_fetched_into_beams_cache_on_the_launcher(tmp_path):
+    served, cache = tmp_path / "served", tmp_path / "cache"
+    served.mkdir()
+    (served / "job-server.jar").write_bytes(b"jar bytes")
+    with http_server(served) as url:
+        jar = f"--flink_job_server_jar={url}/job-server.jar"
+        parse_args([*BASE, *FLINK, jar, f"--jar_cache_dir={cache}"])
+    # Where Beam's JavaJarJobServer looks for it when the job starts: it is not fetched twice.
+    assert (cache / "job-server.jar").read_bytes() == b"jar bytes"
+    with http_server(served) as url, pytest.raises(ConfigError) as info:
+        parse_args([*BASE, *FLINK, f"--flink_job_server_jar={url}/missing.jar", f"--jar_cache_dir={cache}"])
+    message = str(info.value)
+    assert message.startswith("Beam's FlinkRunner could not fetch its Flink job server jar (")
+    assert "404" in message and "\n" not in message
+    assert "scripts/flink_setup.sh builds one and prints its path for --flink_job_server_jar=JAR" in message
+
+
+@pytest.mark.beam_version
+def test_a_jar_server_that_never_answers_fails_after_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(options, "JAR_FETCH_TIMEOUT_S", 1)
+    began = time.monotonic()
+    with http_server(tmp_path, answer=False) as url, pytest.raises(ConfigError, match="could not fetch"):
+        parse_args([*BASE, *FLINK, f"--flink_job_server_jar={url}/x.jar", f"--jar_cache_dir={tmp_path}"])
+    # Beam's own download has no timeout: without the launcher's it would wait forever.
+    assert time.monotonic() - began < 60
+    assert socket.getdefaulttimeout() is None  # the launcher's timeout ends with the fetch
+
+
+def test_flink_needs_java_to_start_a_job_server(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, *FLINK, f"--jar_cache_dir={tmp_path}", "--job_server_java_launcher=/no/such/java"])
+    assert str(info.value).startswith(
+        "--runner=FlinkRunner starts Beam's Flink job server with '/no/such/java', which is not installed"
+    )
+    jar = tmp_path / "missing.jar"
+    with pytest.raises(ConfigError, match=r"^--flink_job_server_jar '.*missing.jar' is not a file; "):
+        parse_args([*BASE, *FLINK, f"--flink_job_server_jar={jar}"])
+    # A job server of one's own needs neither Java nor a jar here.
+    parse_args([*BASE, *FLINK, "--job_endpoint=127.0.0.1:8099", "--job_server_java_launcher=/no/such/java"])
+
+
+@pytest.mark.beam_version
+def test_flink_without_a_reachable_jar_is_one_error_line_before_anything_runs(tmp_path):
+    # As on a machine without network: every proxied download is refused at once (nothing
+    # listens on the proxy's port), so Beam's fetch from Maven Central (and 2.77's mirror) fails.
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, https_proxy=closed, HTTPS_PROXY=closed, http_proxy=closed, HTTP_PROXY=closed)
+    for name in ("no_proxy", "NO_PROXY"):
+        env.pop(name, None)
+    out = tmp_path / "out"
+    done = run_job(
+        *("--input", "samples/*", "--output", out, "--weights", "w.npz", *FLINK),
+        f"--jar_cache_dir={tmp_path / 'cache'}",
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("error: Beam's FlinkRunner could not fetch its Flink job server jar (")
+    assert f"/beam-runners-flink-1.19-job-server/{beam.__version__}/{beams_jar_name()}" in line
+    assert line.endswith(
+        "scripts/flink_setup.sh builds one and prints its path for --flink_job_server_jar=JAR, or pass "
+        "--job_endpoint=HOST:PORT of a job server you run (docs/flink.md)."
+    )
+    assert not out.exists()
