@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import re
+import urllib.parse
 
 import numpy as np
 import pyarrow as pa
@@ -36,7 +37,6 @@ METADATA_PREFIX = "vgg16."
 EMBEDDING_KEYS = ("weights_sha256", "resize", "precision")
 # Provenance that must agree for old and new rows to share one table (a --resume).
 TABLE_KEYS = (*EMBEDDING_KEYS, "top_k")
-_ATTEMPT = re.compile(r"-r(\d+)-\d+-of-\d+\.parquet$")
 __all__ = ["UNTRAINED_WARNING"]  # re-exported: the one warning text, from vgg.weights
 
 # The error_type of an errors row from the read stage, for loose files and shards
@@ -49,6 +49,9 @@ READ_ERROR_TYPES: dict[str, str] = {
     "damaged_shard": "a truncated or corrupt shard; the message says where, and what it cost; the rest read",
     "bad_record": "a TFRecord record whose data fails its checksum or is not a tf.train.Example",
     "no_image": "a sample, record or row without an image: no such member, feature or column, or a null cell",
+    "not_a_file": "a directory, FIFO, socket or device: never opened",
+    "symlink_loop": "a loop of symbolic links: the name leads to no file",
+    "read_timeout": "reading the input took longer than --read_timeout_s; not retried",
 }
 
 LABEL = pa.struct(
@@ -74,8 +77,91 @@ ERROR_TYPES: dict[str, dict[str, str]] = {
 
 
 def image_id(uri: str) -> str:
-    """Stable, unique id of an input: the first 32 hex digits (128 bits) of SHA-256 of its URI."""
+    """Stable, unique id of an input: the first 32 hex digits (128 bits) of SHA-256 of its URI.
+
+    `uri` is always valid UTF-8: a name that is not is spelled first (path_uri, key_uri).
+    """
     return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
+
+
+# ------------------------------------------------------------------- names that are not UTF-8
+# A uri is a Parquet string and the input of image_id, so it must be valid UTF-8; names on
+# disk and in tar files are bytes. A name whose bytes are UTF-8 is written as it is (so the
+# uris and image_ids of earlier runs stay); any other is percent-encoded behind a marker no
+# name written as it is can start with, so each spelling names one input and reads back to
+# its bytes (docs/output.md#names-that-are-not-utf-8).
+
+FILE_URI = "file://"
+# A key (the part of a shard member's uri after '#') starting with this is percent-encoded.
+ENCODED_KEY = "%"
+_SCHEME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9+.]*://")
+
+
+def has_scheme(uri: str) -> bool:
+    """Whether `uri` names a filesystem by scheme (gs://, s3://, file://), not a plain local path."""
+    return _SCHEME.match(uri) is not None
+
+
+def path_uri(path: str | bytes) -> str:
+    """The uri of an absolute local path: the path itself when its bytes are UTF-8, else a file:// URI.
+
+    The file:// URI (RFC 8089) percent-encodes the path's bytes (urllib.parse.quote, "/"
+    kept); a path given as str is taken as Python holds file names (os.fsencode).
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return FILE_URI + urllib.parse.quote(raw, safe="/")
+
+
+def uri_path(uri: str) -> str:
+    """The local path a local uri names (a str as os functions take it: undecodable bytes as
+    surrogate escapes); the inverse of path_uri. A plain path is returned as it is.
+
+    Raises:
+        ValueError: a file:// URI naming another host, or a uri of another scheme.
+    """
+    if not uri.startswith(FILE_URI):
+        if has_scheme(uri):
+            raise ValueError(f"not a local path or file:// URI. Received: {uri!r}")
+        return uri
+    rest = uri[len(FILE_URI) :]
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        raise ValueError(f"a file:// URI must name an absolute path on this host. Received: {uri!r}")
+    return os.fsdecode(urllib.parse.unquote_to_bytes(rest))
+
+
+def key_uri(key: str | bytes) -> str:
+    """How a shard member's key (tar member name, TFRecord or Parquet key) is written in its uri.
+
+    A key whose bytes are UTF-8 and that does not start with ENCODED_KEY is written as it
+    is; any other is ENCODED_KEY followed by its bytes percent-encoded (urllib.parse.quote,
+    "/" kept): b"caf\\xe9" -> "%caf%E9", "%20" -> "%%2520". A str key is taken as Python holds
+    a name it could not decode (surrogate escapes, as tarfile and os.fsdecode make them).
+    """
+    raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and not text.startswith(ENCODED_KEY):
+        return text
+    return ENCODED_KEY + urllib.parse.quote(raw, safe="/")
+
+
+def key_bytes(spelled: str) -> bytes:
+    """The bytes of a key as key_uri wrote it; the inverse of key_uri."""
+    if spelled.startswith(ENCODED_KEY):
+        return urllib.parse.unquote_to_bytes(spelled[len(ENCODED_KEY) :])
+    return spelled.encode("utf-8")
+
+
+def printable(text: str) -> str:
+    """`text` with each undecodable byte (a surrogate escape) written as \\xNN: valid UTF-8 for a message."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def predictions_schema(*, embeddings: bool, provenance: dict[str, str]) -> pa.Schema:
@@ -186,25 +272,14 @@ def join(output: str, name: str) -> str:
     return os.path.join(output, name)
 
 
-def shard_prefix(output: str, table: str, attempt: int = 0) -> str:
-    """The file prefix of a table's shards: `output/table` for attempt 0, else `output/table-r00n`.
-
-    A first run writes `predictions-00000-of-00004.parquet`; resumed attempt n writes
-    `predictions-r00n-00000-of-00002.parquet` beside it, so no shard is ever overwritten
-    and every shard still matches shard_glob.
-    """
-    base = join(output, table)
-    return base if attempt == 0 else f"{base}-r{attempt:03d}"
-
-
-def shard_glob(output: str, table: str) -> str:
-    """The pattern matching every shard of a table in `output`, of every attempt."""
+def legacy_glob(output: str, table: str) -> str:
+    """The pattern of a table's shards in a 0.1 output (flat `OUT/predictions-00000-of-00004.parquet`)."""
     return join(output, f"{table}-*-of-*{SUFFIX}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Shards:
-    """The shards already in an output directory, per table."""
+    """The data files of an output's committed version, per table (pipeline.table.Snapshot)."""
 
     predictions: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
@@ -212,9 +287,3 @@ class Shards:
     @property
     def paths(self) -> tuple[str, ...]:
         return self.predictions + self.errors
-
-    @property
-    def next_attempt(self) -> int:
-        """1 + the highest attempt number found (a first run's shards count as attempt 0)."""
-        found = [int(m.group(1)) for p in self.paths if (m := _ATTEMPT.search(p))]
-        return max(found, default=0) + 1 if self.paths else 0

@@ -18,7 +18,8 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
 
 from pipeline import ConfigError, contract, logs, storage  # noqa: E402
-from pipeline.job import options, resume, write  # noqa: E402
+from pipeline import table as delta  # noqa: E402
+from pipeline.job import failpoints, options, resume, write  # noqa: E402
 from pipeline.job.decode import DecodeConfig  # noqa: E402
 from pipeline.job.label import LabelImages  # noqa: E402
 from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler  # noqa: E402
@@ -29,7 +30,7 @@ from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E40
 
 log = logging.getLogger("pipeline.run")
 # A user's mistake, found on the launcher: one `error:` line and exit status 2.
-USAGE_ERRORS = (ConfigError, WeightsError, storage.InputError, write.OutputError)
+USAGE_ERRORS = (ConfigError, WeightsError, storage.InputError, write.OutputError, delta.TableError)
 
 
 def check_launch(args) -> WeightsInfo:
@@ -40,11 +41,14 @@ def check_launch(args) -> WeightsInfo:
     return info
 
 
-def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None, reader=None, decode=None):
+def build_pipeline(
+    pipeline, args, info: WeightsInfo, plan=None, *, handler=None, reader=None, decode=None, s3=None
+):
     """Adds the whole job to `pipeline` (used by run() and by tests with TestPipeline).
 
-    `plan` is what resume.prepare decided (default: a fresh output). `handler`, `reader`
-    and `decode` replace the real model handler, loose-file reader and image decoder (tests).
+    `plan` is what resume.prepare decided (default: a fresh output, run 1). `handler`, `reader`
+    and `decode` replace the real model handler, loose-file reader and image decoder (tests);
+    `s3` holds the job's S3 options, for the commit step's own client.
     """
     plan = plan or resume.Plan(args.output)
     source = shards.InputConfig.from_args(args)
@@ -59,9 +63,11 @@ def build_pipeline(pipeline, args, info: WeightsInfo, plan=None, *, handler=None
     errors = (read[contract.ERRORS], labelled[contract.ERRORS]) | "AllErrors" >> beam.Flatten()
     tables = {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
     provenance = options.provenance(args, info)
-    tables | "Write" >> write.WriteOutputs(
-        args.output, provenance=provenance, embeddings=args.embeddings, attempt=plan.attempt
+    written = tables | "Write" >> write.WriteOutputs(
+        args.output, provenance=provenance, embeddings=args.embeddings, run=plan.run, token=plan.token
     )
+    commit = plan.commit(write.schemas(provenance, embeddings=args.embeddings), provenance)
+    written | "Commit" >> write.CommitRun(commit, s3)
 
 
 def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None, reader=None, decode=None):
@@ -78,20 +84,22 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     if info.untrained:
         # Once per run, on the launcher, before anything is submitted.
         log.warning(contract.UNTRAINED_WARNING)
+    s3 = options.s3_options(beam_options)
     plan = resume.prepare(
         args.output,
         resume=args.resume,
         retry_errors=args.retry_errors,
         provenance=options.provenance(args, info),
         embeddings=args.embeddings,
+        options=delta.storage_options(args.output, s3),
     )
     pipeline = test_pipeline or beam.Pipeline(options=beam_options)
-    build_pipeline(pipeline, args, info, plan, handler=handler, reader=reader, decode=decode)
+    build_pipeline(pipeline, args, info, plan, handler=handler, reader=reader, decode=decode, s3=s3)
+    failpoints.hit("launched")  # the output completed and tidied; nothing of this run written
     start = time.monotonic()
     result = pipeline.run()
     result.wait_until_finish()
     wall = time.monotonic() - start
-    plan.finish()
     print(summarize(result, wall, args.max_error_fraction), flush=True)
     return result
 

@@ -96,6 +96,14 @@ taskmanager.numberOfTaskSlots: 1
 parallelism.default: $TASKMANAGERS
 jobmanager.memory.process.size: ${FLINK_JM_MEMORY:-1024m}
 taskmanager.memory.process.size: ${FLINK_TM_MEMORY:-1536m}
+# Network buffers for the exchanges between the job's steps (reads, the labelling, the
+# two writes and the commit step that gathers every written file). In batch mode each
+# blocking result partition reserves taskmanager.network.sort-shuffle.min-buffers (512 by
+# default) of the TaskManager's buffers, more than Flink's default share of a TaskManager
+# this size holds once several partitions are open: fewer per partition, and more in all.
+taskmanager.memory.network.min: 128mb
+taskmanager.memory.network.max: 128mb
+taskmanager.network.sort-shuffle.min-buffers: 128
 
 # A failed task (e.g. its TaskManager killed) restarts the job's affected region from its
 # sources, up to this many times; a dead TaskManager is noticed within heartbeat.timeout.

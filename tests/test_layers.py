@@ -47,6 +47,11 @@ def test_storage_is_below_the_job_and_the_tools():
     assert not under(imports("pipeline.storage"), "pipeline.job", "pipeline.tools", "pipeline.run")
 
 
+def test_the_tables_are_below_the_job_and_the_tools():
+    # pipeline.table (the Delta tables and their commit protocol) is read by both.
+    assert not under(imports("pipeline.table"), "pipeline.job", "pipeline.tools", "pipeline.run")
+
+
 @pytest.mark.parametrize("name", modules_of(pipeline.tools))
 def test_the_tools_never_import_the_job(name):
     assert not under(imports(name), "pipeline.job", "pipeline.run")
@@ -62,4 +67,7 @@ def test_every_module_has_a_home():
     # pipeline.job, the tools in pipeline.tools (their `python -m pipeline.X` commands are
     # the thin modules at the top).
     top = {name for _, name, is_package in pkgutil.iter_modules(pipeline.__path__) if not is_package}
-    assert top == {"contract", "storage", "logs", "run", "index", "search", "report", "show", "export"}
+    assert top == {
+        *("contract", "storage", "table", "logs", "run"),
+        *("index", "search", "report", "show", "export", "upgrade"),
+    }

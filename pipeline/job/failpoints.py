@@ -1,4 +1,4 @@
-"""Failpoints: named places in the job where a test can hold a worker, set through the environment.
+"""Failpoints: named places in the job where a test can hold or kill it, set through the environment.
 
 A test that must act while the job is at a known step (kill a Flink TaskManager while
 it labels, cancel a job before it can finish) cannot learn that from the clock: a slow or
@@ -10,14 +10,28 @@ happens there (the pattern of etcd's gofail and TiKV's fail-rs):
 
 `pause:FILE` holds the calling thread for as long as FILE exists, after writing
 `FILE.paused.PID` so the test knows which process is held; removing FILE releases it.
-Unset (every user's run), `hit` returns at once. Places: "label", before each batch goes
-through the model (pipeline.job.model_handler).
+`kill` (or `kill:N`, at the Nth hit in this process) sends SIGKILL to the caller's whole
+process group at once, as a machine that dies does: a test runs the job in a process
+group of its own (start_new_session) and then checks what the kill left behind.
+Unset (every user's run), `hit` returns at once.
+
+Places, in the order of a run's life:
+  "launched"        the launcher, once the previous run is completed and the output tidied,
+                    before anything of this run is written (pipeline.run)
+  "listed"          after the inputs are listed, before any is read (pipeline.job.read)
+  "label"           before each batch goes through the model (pipeline.job.model_handler)
+  "commit"          every data file written, nothing committed (pipeline.job.write.commit_run)
+  "commit.between"  the errors table committed, the predictions table not yet
+  "committed"       both tables committed, before cleanup
+  "cleanup"         before each table's unused files are deleted
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import signal
 import time
 
 ENV = "PIPELINE_FAILPOINTS"
@@ -27,6 +41,7 @@ POLL_S = 0.1
 MAX_PAUSE_S = 1800.0
 
 log = logging.getLogger(__name__)
+_hits: collections.Counter[str] = collections.Counter()
 
 
 def actions(spec: str) -> dict[str, str]:
@@ -48,9 +63,13 @@ def hit(name: str, *, environ=os.environ) -> None:
     if action is None:
         return
     kind, _, argument = action.partition(":")
+    _hits[name] += 1
     if kind == "pause" and argument:
         _pause(name, argument)
-    else:
+    elif kind == "kill" and (not argument or (argument.isdigit() and _hits[name] == int(argument))):
+        log.warning("failpoint %s: killing process group %d", name, os.getpgrp())
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    elif kind != "kill":
         log.warning("failpoint %s: unknown action %r ignored", name, action)
 
 

@@ -1,12 +1,13 @@
-"""Re-runs and --resume: what a run does with the shards already in its output, and what is still to do.
+"""Re-runs and --resume: what a run does with the output already there, and what is still to do.
 
-Without --resume a run replaces the output's shards. With it, the shards stay: inputs
-whose image_id is already in a predictions shard are skipped; so are those in an errors
-shard, unless --retry_errors: then they are labelled again, the errors rows of inputs
-not in this run's input are carried over into this attempt's errors shards, and the old
-errors shards are deleted once the job has written its own. This attempt's shards get
-their own names (pipeline.contract.shard_prefix), so no shard is ever overwritten.
-Either way the union of all shards holds each input exactly once.
+Every run first completes an interrupted earlier one and deletes files no version uses
+(pipeline.table: roll_forward, clean), then reads the output's last committed version.
+Without --resume the run replaces both tables when it commits. With it, inputs whose
+image_id is in the committed predictions are skipped; so are those in the committed
+errors, unless --retry_errors: then they are labelled again, the errors rows of inputs
+not in this run's input are carried into this run's errors files, and the run's commit
+replaces the errors table's files with its own. Either way the committed tables hold
+each input exactly once.
 
 With a shard --input_format the inputs are the shards' members, known only once a shard
 is read: pipeline.job.read.shards.ReadInputs skips whole shards that failed before (skip_failed)
@@ -15,42 +16,76 @@ and then the members already done (skip_done with a key function).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
+import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
+import pyarrow as pa
 from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE, ConfigError
-from pipeline.contract import TABLE_KEYS, Shards, decode_provenance, disagreements, image_id
-from pipeline.job.write import remove_empty_temp_dirs, remove_shards
-from pipeline.storage import find_shards, read_schema
+from pipeline import table as delta
+from pipeline.contract import (
+    ERRORS,
+    PREDICTIONS,
+    TABLE_KEYS,
+    TABLES,
+    Shards,
+    decode_provenance,
+    disagreements,
+    image_id,
+    legacy_glob,
+)
+from pipeline.storage import first_cause, match, read_schema
 
 log = logging.getLogger(__name__)
+# Footers of committed files checked at once before a --resume.
+FOOTER_THREADS = 16
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What this run does with the shards already in --output."""
+    """What this run does with the output already in --output, and how it commits."""
 
     output: str
+    run: int = 1
+    token: str = "0"
     previous: Shards = Shards()
+    resume: bool = False
     retry_errors: bool = False
 
     @property
-    def attempt(self) -> int:
-        """This run's attempt number: 0 for a fresh output, else 1 + the highest found."""
-        return self.previous.next_attempt
-
-    @property
     def resuming(self) -> bool:
-        """Whether --output holds earlier shards to skip against (with --resume)."""
+        """Whether the output holds committed rows to skip against (with --resume)."""
         return bool(self.previous.paths)
 
+    @property
+    def replace_predictions(self) -> bool:
+        return not self.resume
+
+    @property
+    def replace_errors(self) -> bool:
+        """A fresh run, or --retry_errors: this run's errors files hold every errors row that stays."""
+        return not self.resume or self.retry_errors
+
+    def commit(self, schemas: dict[str, pa.Schema], provenance: dict[str, str]) -> delta.RunCommit:
+        """What the commit step commits (its files are filled in by the step)."""
+        return delta.RunCommit(
+            output=self.output,
+            run=self.run,
+            files={table: [] for table in TABLES},
+            replace_errors=self.replace_errors,
+            replace_predictions=self.replace_predictions,
+            schemas=schemas,
+            provenance=provenance,
+            token=self.token,
+        )
+
     def skip_done(self, inputs, *, key=image_id, also=None, label: str = "SkipDone"):
-        """inputs -> (the inputs still to do, [old errors rows to carry into this attempt's shards]).
+        """inputs -> (the inputs still to do, [old errors rows to carry into this run's errors files]).
 
         key(input) is an input's image_id (default: the input is a uri). `also`, a
         PCollection of image ids, are inputs of this run with nothing left to do here: the
@@ -75,41 +110,99 @@ class Plan:
         plan = uris | label >> SkipDone(errors_only, retry_errors=self.retry_errors, carry=False)
         return plan["todo"]
 
-    def finish(self) -> None:
-        """After the job: tidy the output; with --retry_errors, drop the replaced errors shards."""
-        remove_empty_temp_dirs(self.output)
-        if self.retry_errors and self.previous.errors:
-            # Their rows are in this attempt's errors shards now (carried or retried).
-            log.info("replacing %d earlier errors shard(s)", len(self.previous.errors))
-            FileSystems.delete(list(self.previous.errors))
-
 
 def prepare(
-    output: str, *, resume: bool, retry_errors: bool, provenance: dict[str, str], embeddings: bool
+    output: str,
+    *,
+    resume: bool,
+    retry_errors: bool,
+    provenance: dict[str, str],
+    embeddings: bool,
+    options: dict[str, str] | None = None,
 ) -> Plan:
-    """On the launcher: replace the output's shards, or check that they can be resumed.
+    """On the launcher: complete and tidy the output, then plan this run against its committed version.
 
     Raises:
-        ConfigError: --resume into shards written with other weights or settings.
+        ConfigError: --resume into an output written with other weights or settings, a
+            0.1 output, or tables that cannot be read or completed.
     """
-    found = find_shards(output)
+    options = delta.storage_options(output) if options is None else options
+    try:
+        found = delta.snapshot(output, options)
+        if not found.exists and match(legacy_glob(output, PREDICTIONS)) + match(legacy_glob(output, ERRORS)):
+            if resume:
+                raise ConfigError(
+                    f"--resume: {output} holds an output of vgg16-beam 0.1 (flat Parquet shards); "
+                    f"convert it first with: python -m pipeline.upgrade {output}"
+                )
+            log.warning(
+                "%s holds flat Parquet shards of vgg16-beam 0.1: left as they are; this run writes the "
+                "tables %s/ and %s/ beside them (python -m pipeline.upgrade converts them)",
+                output,
+                PREDICTIONS,
+                ERRORS,
+            )
+        if found.pending:
+            delta.roll_forward(output, options)
+            found = delta.snapshot(output, options)
+        delta.clean(output, committed_provenance(found), options)
+    except delta.TableError as error:
+        raise ConfigError(str(error)) from error
+    plan = Plan(output, run=delta.next_run(output, options), token=uuid.uuid4().hex[:8])
     if not resume:
-        remove_shards(found.paths)
-        return Plan(output)
-    check_compatible(found, provenance, embeddings=embeddings)
-    if found.paths:
+        return plan
+    previous = Shards(predictions=tuple(found.files(PREDICTIONS)), errors=tuple(found.files(ERRORS)))
+    check_readable(previous)
+    check_compatible(previous, provenance, embeddings=embeddings)
+    if previous.paths:
         log.info(
-            "resuming: %d predictions and %d errors shards already in %s; new shards are attempt r%03d",
-            len(found.predictions),
-            len(found.errors),
+            "resuming: %d predictions and %d errors rows already in %s (run %d); this is run %d",
+            found.rows(PREDICTIONS),
+            found.rows(ERRORS),
             output,
-            found.next_attempt,
+            found.run,
+            plan.run,
         )
-    return Plan(output, found, retry_errors)
+    return dataclasses.replace(plan, previous=previous, resume=True, retry_errors=retry_errors)
+
+
+def committed_provenance(found: delta.Snapshot) -> dict[str, str]:
+    """The provenance in the footer of the committed version's first file (none: {})."""
+    files = found.files(PREDICTIONS) or found.files(ERRORS)
+    if not files:
+        return {}
+    try:
+        return decode_provenance(read_schema(files[0]).metadata)
+    except Exception:  # unreadable: check_readable names it when it matters (--resume)
+        return {}
+
+
+def check_readable(previous: Shards) -> None:
+    """Reads the footer of every committed file: a damaged one is one error line, not a traceback in the job.
+
+    Raises:
+        ConfigError: naming the first file that cannot be read.
+    """
+
+    def footer(path: str):
+        try:
+            read_schema(path)
+            return None
+        except Exception as error:
+            return path, first_cause(error)
+
+    with concurrent.futures.ThreadPoolExecutor(FOOTER_THREADS) as pool:
+        failed = [found for found in pool.map(footer, previous.paths) if found]
+    if failed:
+        path, why = failed[0]
+        raise ConfigError(
+            f"--resume: the output's file {path} cannot be read ({why}; {len(failed)} file(s) in all); "
+            "run without --resume to replace the output."
+        )
 
 
 def check_compatible(previous: Shards, provenance: dict[str, str], *, embeddings: bool) -> None:
-    """Refuses to resume into shards written with other weights or settings.
+    """Refuses to resume into tables written with other weights or settings.
 
     Raises:
         ConfigError: naming the setting that differs, its old and new value.
@@ -119,9 +212,9 @@ def check_compatible(previous: Shards, provenance: dict[str, str], *, embeddings
     path = (previous.predictions or previous.errors)[0]
     try:
         schema = read_schema(path)
-    except Exception as error:  # a shard we cannot read cannot be resumed from
+    except Exception as error:  # a file we cannot read cannot be resumed from
         raise ConfigError(
-            f"--resume: cannot read the existing shard {path} ({error}); "
+            f"--resume: cannot read the output's file {path} ({first_cause(error)}); "
             "run without --resume to replace the output."
         ) from error
     differences = disagreements(decode_provenance(schema.metadata), provenance, TABLE_KEYS)

@@ -49,7 +49,7 @@ def summarize(result, wall_s: float, max_error_fraction: float) -> str:
         raise JobFailed(
             f"{line}\nerror: {sum(failed.values())} of {total} inputs failed "
             f"({sum(failed.values()) / total:.1%}), more than --max_error_fraction={max_error_fraction}. "
-            "Every row is written; see the errors-*.parquet files for what failed and why, or "
+            "Every row is written; see the errors table (OUT/errors/) for what failed and why, or "
             "raise --max_error_fraction if that many bad inputs are expected."
         )
     return line

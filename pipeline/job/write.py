@@ -1,7 +1,13 @@
-"""The write step: both tables to Parquet (zstd, provenance in every footer); the output folder's upkeep."""
+"""The write and commit steps: both tables' rows to Parquet files, then one commit of the run.
+
+Workers write each table's rows as Parquet data files (zstd, provenance in every footer)
+into the table's folder; nothing is visible to a reader until CommitRun, one step that
+runs once after every write has finished, commits them to the Delta tables.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -10,6 +16,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
+from pipeline import table as delta
 from pipeline.contract import (
     ERRORS,
     PREDICTIONS,
@@ -18,42 +25,107 @@ from pipeline.contract import (
     TABLES,
     errors_schema,
     predictions_schema,
-    shard_prefix,
 )
+from pipeline.job import failpoints
 from pipeline.storage import first_cause
 
 log = logging.getLogger(__name__)
 
 
-class WriteOutputs(beam.PTransform):
-    """{"predictions": rows, "errors": rows} -> the two Parquet tables, zstd, provenance in each footer."""
+def schemas(provenance: dict[str, str], *, embeddings: bool):
+    """Each table's Arrow schema, provenance in its metadata."""
+    return {
+        PREDICTIONS: predictions_schema(embeddings=embeddings, provenance=provenance),
+        ERRORS: errors_schema(provenance=provenance),
+    }
 
-    def __init__(self, output: str, *, provenance: dict[str, str], embeddings: bool, attempt: int = 0):
+
+class WriteOutputs(beam.PTransform):
+    """{"predictions": rows, "errors": rows} -> {table: the URIs of the data files written}.
+
+    The files go into OUT/predictions/ and OUT/errors/ under this run's prefix
+    (pipeline.table.data_prefix); they become part of the output only when CommitRun commits them.
+    """
+
+    def __init__(self, output: str, *, provenance: dict[str, str], embeddings: bool, run: int, token: str):
         super().__init__()
         self._output = output
-        self._provenance = provenance
-        self._embeddings = embeddings
-        self._attempt = attempt
+        self._schemas = schemas(provenance, embeddings=embeddings)
+        self._run = run
+        self._token = token
 
     def expand(self, tables):
         common = {"codec": "zstd", "file_name_suffix": SUFFIX, "shard_name_template": SHARD_TEMPLATE}
-        schemas = {
-            PREDICTIONS: predictions_schema(embeddings=self._embeddings, provenance=self._provenance),
-            ERRORS: errors_schema(provenance=self._provenance),
-        }
         # fc7 rows are 16 KiB each: smaller record batches keep a writer's memory flat.
         batch_rows = {PREDICTIONS: 256, ERRORS: 1000}
         return {
             table: tables[table]
             | f"Write{table.title()}"
             >> WriteToParquet(
-                shard_prefix(self._output, table, self._attempt),
-                schemas[table],
+                delta.data_prefix(self._output, table, self._run, self._token),
+                self._schemas[table],
                 record_batch_size=batch_rows[table],
                 **common,
             )
             for table in TABLES
         }
+
+
+class CommitRun(beam.PTransform):
+    """{table: written file URIs} -> one commit of the run to both Delta tables, then cleanup.
+
+    Runs once, after every write has finished (it waits on the whole of both file lists),
+    wherever the runner puts it: a worker on Dataflow or Flink, the launcher's process on
+    the DirectRunner. The protocol and its order are pipeline.table's; a retry of this
+    step commits nothing twice.
+    """
+
+    def __init__(self, spec: delta.RunCommit, s3: dict | None = None):
+        super().__init__()
+        self._spec = spec
+        self._s3 = dict(s3 or {})
+
+    def expand(self, written):
+        named = [
+            written[table] | f"Name{table.title()}Files" >> beam.Map(lambda uri, table=table: (table, uri))
+            for table in TABLES
+        ]
+        return (
+            named
+            | "AllFiles" >> beam.Flatten()
+            | "Together" >> beam.combiners.ToList()
+            | "Commit" >> beam.Map(commit_run, self._spec, self._s3)
+        )
+
+
+def commit_run(written: list[tuple[str, str]], spec: delta.RunCommit, s3: dict) -> int:
+    """The commit step's work: the run's files found, the two commits in order, cleanup. Returns the run.
+
+    `written` (the sinks' own list of the files they finalized) only orders this step after
+    every write: a retried finalize lists only the files it renamed itself, so the files are
+    found by this launch's unique prefix instead, and checked to be a complete set of shards.
+    """
+    del written
+    failpoints.hit("commit")  # every data file is written; nothing committed
+    files = {
+        table: [
+            delta.describe(spec.output, table, uri)
+            for uri in delta.run_files(spec.output, table, spec.run, spec.token)
+        ]
+        for table in TABLES
+    }
+    commit = dataclasses.replace(spec, files=files)
+    options = delta.storage_options(spec.output, s3)
+    if delta.commit_errors(commit, options):
+        log.info("run %d: errors committed (%d file(s))", spec.run, len(files[ERRORS]))
+    failpoints.hit("commit.between")  # the errors commit is in, the predictions one is not
+    if delta.commit_predictions(commit, options):
+        log.info("run %d: predictions committed (%d file(s))", spec.run, len(files[PREDICTIONS]))
+    failpoints.hit("committed")
+    delta.clean(spec.output, spec.provenance, options, before=lambda table: failpoints.hit("cleanup"))
+    for table in TABLES:
+        remove_empty_temp_dirs(delta.table_uri(spec.output, table))
+    return spec.run
 
 
 def check_output_writable(output: str) -> None:
@@ -77,25 +149,19 @@ class OutputError(ValueError):
     """An output directory the job cannot write."""
 
 
-def remove_shards(paths: tuple[str, ...] | list[str]) -> None:
-    if paths:
-        log.info("replacing %d existing output file(s)", len(paths))
-        FileSystems.delete(list(paths))
-
-
-def remove_empty_temp_dirs(output: str) -> None:
-    """Removes the empty `beam-temp-*` folders a local output can keep after retried bundles.
+def remove_empty_temp_dirs(folder: str) -> None:
+    """Removes the empty `beam-temp-*` folders a local table folder can keep after retried bundles.
 
     Beam's file sinks make a uniquely named temp folder per (attempt of) their
     initialisation and delete only the one the final write used. Object stores have no
     empty folders; locally, rmdir only ever removes an empty one, so a folder another
     job is still writing into is left alone.
     """
-    if "://" in output or not os.path.isdir(output):
+    if "://" in folder or not os.path.isdir(folder):
         return
-    for name in os.listdir(output):
-        if name.startswith(tuple(f"beam-temp-{table}" for table in TABLES)):
+    for name in os.listdir(folder):
+        if name.startswith(f"beam-temp-{delta.DATA_PREFIX}"):
             try:
-                os.rmdir(os.path.join(output, name))
+                os.rmdir(os.path.join(folder, name))
             except OSError:
                 continue

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from numpy.lib import format as npy_format
 
+from pipeline import table as delta
 from pipeline.contract import (
     EMBEDDING_KEYS,
     PREDICTIONS,
@@ -40,9 +41,7 @@ from pipeline.contract import (
     disagreements,
     encode_provenance,
     is_untrained,
-    shard_glob,
 )
-from pipeline.storage import match
 from pipeline.tools.index import BATCH_ROWS
 
 LAION = "laion"
@@ -91,12 +90,12 @@ def predictions_shards(output: str) -> tuple[list[str], int, int, dict[str, str]
         raise ExportError(
             f"{output} does not exist; pass the --output directory of a pipeline.run made with --embeddings."
         )
-    files = match(shard_glob(output, PREDICTIONS))
+    try:
+        files = delta.reader_files(output, PREDICTIONS)
+    except delta.TableError as error:
+        raise ExportError(str(error)) from error
     if not files:
-        raise ExportError(
-            f"{output} holds no {PREDICTIONS}-*.parquet shards; pass the --output directory of a "
-            "pipeline.run made with --embeddings."
-        )
+        raise ExportError(f"{output}: the predictions table holds no files.")
     count, dims, first = 0, set(), None
     for path in files:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
@@ -125,7 +124,8 @@ def read_batches(files: list[str], *, batch_rows: int) -> Iterator[pa.RecordBatc
     """image_id, uri, labels and fc7 of every shard in order, `batch_rows` rows at a time."""
     for path in files:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            yield from pq.ParquetFile(handle).iter_batches(batch_rows, columns=_COLUMNS)
+            # pre_buffer=False: newer pyarrow would otherwise read a row group's whole columns ahead.
+            yield from pq.ParquetFile(handle, pre_buffer=False).iter_batches(batch_rows, columns=_COLUMNS)
 
 
 def file_names(index: int, files: int) -> tuple[str, str]:

@@ -1,6 +1,6 @@
-"""Builds a nearest-neighbour index of the fc7 embeddings in predictions Parquet; pipeline.search queries it.
+"""Builds a nearest-neighbour index of an output's fc7 embeddings; pipeline.search queries it.
 
-    python -m pipeline.index --predictions 'out/predictions-*.parquet' --out index/ [--dim 256]
+    python -m pipeline.index --predictions out/ --out index/ [--dim 256]
 
 Vectors are L2-normalised so that inner product is cosine similarity; with ``--dim`` a PCA
 (numpy, fitted on a sample) reduces them and they are normalised again. The index is
@@ -31,12 +31,13 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import table as delta
 from pipeline.contract import (
     EMBEDDING_KEYS,
     METADATA_PREFIX,
+    PREDICTIONS,
     UNTRAINED_WARNING,
     decode_provenance,
     disagreements,
@@ -76,16 +77,15 @@ class EmbeddingSource(Protocol):
 
 
 class ParquetEmbeddings:
-    """fc7 of predictions-*.parquet files (local, gs://, s3://), streamed in batches."""
+    """fc7 of an output's committed predictions (local, gs://, s3://), streamed in batches."""
 
     def __init__(self, pattern: str, *, batch_rows: int = BATCH_ROWS):
         try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except (BeamIOError, OSError) as error:
-            raise ValueError(f"--predictions {pattern!r} cannot be listed: {error}") from error
-        self.files = sorted(m.path for m in matched)
+            self.files = delta.reader_files(pattern, PREDICTIONS)
+        except delta.TableError as error:
+            raise ValueError(f"--predictions: {error}") from error
         if not self.files:
-            raise ValueError(f"--predictions {pattern!r} matches no files; pass OUT/predictions-*.parquet.")
+            raise ValueError(f"--predictions {pattern!r}: the predictions table holds no files.")
         self.batch_rows = batch_rows
         self.count, dims, found = 0, set(), {}
         for path in self.files:
@@ -110,7 +110,9 @@ class ParquetEmbeddings:
         for path in self.files:
             with FileSystems.open(path, compression_type="uncompressed") as handle:
                 columns = ["image_id", "uri", "fc7"]
-                for batch in pq.ParquetFile(handle).iter_batches(self.batch_rows, columns=columns):
+                # pre_buffer=False: newer pyarrow would otherwise read a row group's whole columns ahead.
+                parquet = pq.ParquetFile(handle, pre_buffer=False)
+                for batch in parquet.iter_batches(self.batch_rows, columns=columns):
                     fc7 = batch.column("fc7").flatten().to_numpy(zero_copy_only=False)
                     yield Embeddings(batch.column("image_id"), batch.column("uri"), fc7.reshape(-1, self.dim))
 
@@ -364,7 +366,9 @@ def build_index(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.index", description=__doc__.split("\n")[0])
-    parser.add_argument("--predictions", required=True, help="pattern of predictions-*.parquet with fc7")
+    parser.add_argument(
+        "--predictions", required=True, help="the job's --output folder (made with --embeddings)"
+    )
     parser.add_argument("--out", required=True, help="index directory to write (local)")
     parser.add_argument("--dim", type=int, default=None, help="reduce to this many dimensions with PCA")
     parser.add_argument("--exact_max", type=int, default=EXACT_MAX, help="largest count kept exact")

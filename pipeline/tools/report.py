@@ -1,6 +1,6 @@
 """A static HTML page of a run: thumbnails with their top-5 labels, the error rows, nearest neighbours.
 
-    python -m pipeline.report --predictions 'out/predictions-*.parquet' --index index/ --out report.html
+    python -m pipeline.report --predictions out/ --index index/ --out report.html
 
 Thumbnails are embedded as small JPEG data URIs, so the page is one self-contained file:
 it can be mailed or kept as a CI artifact, and it shows images whose URIs a browser
@@ -22,8 +22,9 @@ from collections.abc import Iterator
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import table as delta
 from pipeline.contract import ERRORS, PREDICTIONS, UNTRAINED_WARNING, decode_provenance, is_untrained
-from pipeline.storage import match, read_bytes
+from pipeline.storage import read_bytes
 from pipeline.tools.extras import MissingExtra
 from vgg.preprocess import jpeg_bytes, thumbnail_image
 from vgg.sandbox import DECODE_TIMEOUT_S, IsolatedDecoder
@@ -49,12 +50,12 @@ def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def read_rows(pattern: str, columns: list[str], limit: int) -> tuple[list[dict], int, dict[str, str]]:
-    """The first `limit` rows of the matched Parquet files, their total row count, and provenance."""
+def read_rows(files: list[str], columns: list[str], limit: int) -> tuple[list[dict], int, dict[str, str]]:
+    """The first `limit` rows of a table's files, their total row count, and provenance."""
     rows, total, provenance = [], 0, {}
-    for path in match(pattern):
+    for path in files:
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            parquet = pq.ParquetFile(handle)
+            parquet = pq.ParquetFile(handle, pre_buffer=False)  # stream: no read-ahead of whole chunks
             total += parquet.metadata.num_rows
             provenance = provenance or decode_provenance(parquet.schema_arrow.metadata)
             for batch in parquet.iter_batches(1024, columns=columns):
@@ -162,16 +163,15 @@ def write_report(
     thumb_px: int = 128,
 ) -> dict[str, int]:
     """Writes the page to `out` (local path); returns the counts it shows."""
-    rows, total, provenance = read_rows(
-        predictions, ["image_id", "uri", "width", "height", "labels"], max_images
-    )
-    if not total and not match(predictions):
-        raise ValueError(f"--predictions {predictions!r} matches no files; pass OUT/predictions-*.parquet.")
-    if errors is None and f"{PREDICTIONS}-" in predictions:  # the run's errors shards lie beside them
-        head, _, tail = predictions.rpartition(f"{PREDICTIONS}-")
-        errors = f"{head}{ERRORS}-{tail}"
+    try:
+        files = delta.reader_files(predictions, PREDICTIONS)
+        # The run's errors table lies beside its predictions table (the same snapshot).
+        error_files = delta.reader_files(errors or delta.output_of(predictions, PREDICTIONS), ERRORS)
+    except delta.TableError as error:
+        raise ValueError(str(error)) from error
+    rows, total, provenance = read_rows(files, ["image_id", "uri", "width", "height", "labels"], max_images)
     error_columns = ["image_id", "uri", "stage", "error_type", "message"]
-    error_rows, error_total, _ = read_rows(errors, error_columns, max_errors) if errors else ([], 0, {})
+    error_rows, error_total, _ = read_rows(error_files, error_columns, max_errors)
     thumbs = Thumbnails(thumb_px)
     try:
         body = [
@@ -224,8 +224,10 @@ def write_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
-    parser.add_argument("--predictions", required=True, help="pattern of predictions-*.parquet")
-    parser.add_argument("--errors", default=None, help="pattern of errors-*.parquet (default: beside them)")
+    parser.add_argument("--predictions", required=True, help="the job's --output folder")
+    parser.add_argument(
+        "--errors", default=None, help="the --output folder of the errors to show (default: the same)"
+    )
     parser.add_argument(
         "--index", default=None, help="index directory from python -m pipeline.index, for neighbours"
     )

@@ -10,15 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import logs
+from pipeline import table as delta
 from pipeline.contract import (
     ERRORS,
     PREDICTIONS,
     UNTRAINED_WARNING,
     decode_provenance,
     is_untrained,
-    shard_glob,
 )
-from pipeline.storage import match
 
 # The columns printed: only these are read, never fc7 (16 KiB a row).
 PREDICTION_COLUMNS = ("uri", "width", "height", "labels")
@@ -27,7 +26,7 @@ NAME_WIDTH = 28
 
 
 class Table:
-    """A table's shards: its row count and provenance from their footers, its first rows on demand."""
+    """A table's committed files: row count and provenance from their footers, first rows on demand."""
 
     def __init__(self, files: list[str]):
         self.files = files
@@ -38,15 +37,16 @@ class Table:
         """The first `count` rows, in shard order, reading only `columns` and only as far as needed."""
         rows: list[dict] = []
         for path in self.files:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=max(count, 1), columns=list(columns)):
+            parquet = pq.ParquetFile(path, pre_buffer=False)  # only as far as the rows shown
+            for batch in parquet.iter_batches(batch_size=max(count, 1), columns=list(columns)):
                 rows += pa.Table.from_batches([batch]).to_pylist()[: count - len(rows)]
                 if len(rows) >= count:
                     return rows
         return rows
 
 
-def _table(output: str, table: str) -> Table | None:
-    files = match(shard_glob(output, table))
+def _table(found: delta.Snapshot, table: str) -> Table | None:
+    files = found.files(table)
     return Table(files) if files else None
 
 
@@ -69,11 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10, help="rows to show")
     args = parser.parse_args(argv)
     logs.configure()
-    predictions = _table(args.output, PREDICTIONS)
-    errors = _table(args.output, ERRORS)
-    if predictions is None and errors is None:
-        print(f"error: no predictions-*.parquet or errors-*.parquet in {args.output}", file=sys.stderr)
+    try:
+        found = delta.snapshot(args.output)
+        if not found.exists:
+            delta.reader_files(args.output, PREDICTIONS)  # raises, saying what to pass
+    except delta.TableError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
+    predictions = _table(found, PREDICTIONS)
+    errors = _table(found, ERRORS)
+    if predictions is None and errors is None:
+        print(f"{args.output}: the tables hold no rows")
+        return 0
     if predictions is not None:
         if is_untrained(decode_provenance(predictions.metadata)):
             print(f"({UNTRAINED_WARNING})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import sys
 from collections import namedtuple
@@ -12,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.contract import predictions_schema, shard_glob
-from pipeline.storage import match
+from pipeline.contract import predictions_schema
+from pipeline.table import snapshot
 from tests.conftest import SAMPLES
 from tests.pipeline.jobs import run_job
 from tests.pipeline.servers import free_port, listening, start_service, stop_service, wait_until
@@ -45,6 +46,40 @@ PROVENANCE = {
     "top_k": "5",
     "package_version": "0.1.0",
 }
+
+
+def commit_output(output) -> str:
+    """Commits every Parquet file in output/predictions/ and output/errors/ as one run (replacing).
+
+    Tests write data files as the job's workers do, then commit them as its commit step
+    does (pipeline.table); a table folder with no file gets an empty errors file. Returns
+    the output's path.
+    """
+    from pipeline import table as delta
+    from pipeline.contract import TABLES, decode_provenance, errors_schema
+
+    output = str(output)
+    files, schemas = {}, {}
+    for table in TABLES:
+        folder = pathlib.Path(output, table)
+        folder.mkdir(parents=True, exist_ok=True)
+        if table == "errors" and not list(folder.glob("*.parquet")):
+            pq.write_table(errors_schema(provenance=PROVENANCE).empty_table(), folder / "part-empty.parquet")
+        paths = sorted(folder.glob("*.parquet"))
+        files[table] = [delta.describe(output, table, str(path)) for path in paths]
+        schemas[table] = pq.read_schema(paths[0])
+    commit = delta.RunCommit(
+        output=output,
+        run=delta.next_run(output),
+        files=files,
+        replace_errors=True,
+        replace_predictions=True,
+        schemas=schemas,
+        provenance=decode_provenance(schemas["predictions"].metadata),
+    )
+    delta.commit_errors(commit, {})
+    delta.commit_predictions(commit, {})
+    return output
 
 
 def write_predictions(
@@ -129,7 +164,7 @@ def labelled_run(tmp_path_factory, npz_path):
 def labelled_fc7(labelled_run):
     """(image_ids, uris, fc7 (n, 4096)) of labelled_run's predictions, in table order."""
     table = pq.read_table(
-        match(shard_glob(str(labelled_run), "predictions")), columns=["image_id", "uri", "fc7"]
+        snapshot(str(labelled_run)).files("predictions"), columns=["image_id", "uri", "fc7"]
     )
     fc7 = np.stack(table.column("fc7").to_numpy(zero_copy_only=False))
     return table.column("image_id").to_pylist(), table.column("uri").to_pylist(), fc7
@@ -141,18 +176,18 @@ def built_index(labelled_run):
     from pipeline.tools import index
 
     path = labelled_run.parent / "index"
-    assert index.main(["--predictions", f"{labelled_run}/predictions-*.parquet", "--out", str(path)]) == 0
+    assert index.main(["--predictions", str(labelled_run), "--out", str(path)]) == 0
     return path
 
 
 def _read_rows(output, table: str) -> tuple[list[dict], list[str]]:
-    files = match(shard_glob(str(output), table))
+    files = snapshot(str(output)).files(table)
     return [row for path in files for row in pq.read_table(path).to_pylist()], files
 
 
 @pytest.fixture(scope="session")
 def read_rows():
-    """read_rows(output, table) -> (every row of every shard of the table, duplicates kept; shard paths)."""
+    """read_rows(output, table) -> (every row of the committed table, duplicates kept; its files)."""
     return _read_rows
 
 

@@ -14,17 +14,24 @@ from pipeline import contract
 from pipeline.contract import (
     ERROR_TYPES,
     STAGES,
-    Shards,
     decode_provenance,
     disagreements,
     encode_provenance,
     error_row,
+    legacy_glob,
     prediction_rows,
-    shard_glob,
-    shard_prefix,
 )
-from pipeline.job.write import OutputError, WriteOutputs, check_output_writable, remove_empty_temp_dirs
-from pipeline.storage import find_shards, read_provenance
+from pipeline.job.resume import Plan
+from pipeline.job.write import (
+    CommitRun,
+    OutputError,
+    WriteOutputs,
+    check_output_writable,
+    remove_empty_temp_dirs,
+    schemas,
+)
+from pipeline.storage import match, read_provenance
+from pipeline.table import snapshot
 
 PROVENANCE = {"weights_sha256": "ab" * 32, "resize": "squash", "precision": "float32", "top_k": "3"}
 
@@ -47,25 +54,18 @@ def test_disagreements_name_the_key_and_both_values():
     assert disagreements({}, PROVENANCE, ("resize",)) == ["resize None -> 'squash'"]
 
 
-def test_shard_names_and_the_glob_that_finds_every_attempt(tmp_path):
+def test_a_0_1_outputs_shards_are_found_by_the_legacy_glob(tmp_path):
     out = str(tmp_path)
-    assert shard_prefix(out, "predictions") == f"{out}/predictions"
-    assert shard_prefix(out, "errors", attempt=12) == f"{out}/errors-r012"
     names = [
         "predictions-00000-of-00002.parquet",
-        "predictions-00001-of-00002.parquet",
         "predictions-r003-00000-of-00001.parquet",
         "errors-r003-00000-of-00001.parquet",
         "predictions-notes.txt",  # not a shard
     ]
     for name in names:
         (tmp_path / name).write_bytes(b"")
-    found = find_shards(out)
-    assert [os.path.basename(p) for p in found.predictions] == names[:3]
-    assert [os.path.basename(p) for p in found.errors] == [names[3]]
-    assert found.next_attempt == 4
-    assert shard_glob(out, "errors") == f"{out}/errors-*-of-*.parquet"
-    assert Shards().next_attempt == 0
+    assert [os.path.basename(p) for p in match(legacy_glob(out, "predictions"))] == names[:2]
+    assert [os.path.basename(p) for p in match(legacy_glob(out, "errors"))] == [names[2]]
 
 
 def test_labels_are_top_k_in_descending_order():
@@ -101,13 +101,19 @@ def test_write_outputs_writes_both_tables_with_provenance(tmp_path, embeddings):
             "predictions": p | "Rows" >> beam.Create(rows),
             "errors": p | "Errors" >> beam.Create(failed),
         }
-        tables | WriteOutputs(str(tmp_path), provenance=PROVENANCE, embeddings=embeddings, attempt=2)
-    found = find_shards(str(tmp_path))
-    assert [os.path.basename(p) for p in found.paths] == [
-        "predictions-r002-00000-of-00001.parquet",
-        "errors-r002-00000-of-00001.parquet",
-    ]
-    predictions = pq.read_table(found.predictions[0])
+        written = tables | WriteOutputs(
+            str(tmp_path), provenance=PROVENANCE, embeddings=embeddings, run=2, token="t0"
+        )
+        plan = Plan(str(tmp_path), run=2, token="t0")
+        written | CommitRun(plan.commit(schemas(PROVENANCE, embeddings=embeddings), PROVENANCE))
+    found = snapshot(str(tmp_path))
+    assert found.run == 2
+    files = {table: found.files(table) for table in ("predictions", "errors")}
+    assert {table: [os.path.relpath(p, tmp_path) for p in paths] for table, paths in files.items()} == {
+        "predictions": ["predictions/part-r00002-t0-00000-of-00001.parquet"],
+        "errors": ["errors/part-r00002-t0-00000-of-00001.parquet"],
+    }
+    predictions = pq.read_table(files["predictions"][0])
     assert predictions.column_names == ["image_id", "uri", "width", "height", "labels"] + (
         ["fc7"] if embeddings else []
     )
@@ -115,8 +121,8 @@ def test_write_outputs_writes_both_tables_with_provenance(tmp_path, embeddings):
     if embeddings:
         by_id = dict(zip(predictions.column("image_id").to_pylist(), predictions.column("fc7").to_pylist()))
         np.testing.assert_array_equal(by_id["id2"], fc7[1])  # float32 survives exactly
-    assert pq.read_table(found.errors[0]).to_pylist() == failed
-    for path in found.paths:
+    assert pq.read_table(files["errors"][0]).to_pylist() == failed
+    for path in files["predictions"] + files["errors"]:
         assert read_provenance(path) == PROVENANCE
         assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
 
@@ -128,11 +134,62 @@ def test_output_checks_and_cleanup(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OutputError, match="is not writable"):
         check_output_writable(str(blocker / "out"))
-    (tmp_path / "beam-temp-predictions-1").mkdir()
-    (tmp_path / "beam-temp-errors-2").mkdir()
-    (tmp_path / "beam-temp-errors-3").mkdir()
-    (tmp_path / "beam-temp-errors-3" / "in-flight").write_text("another job is writing")
+    (tmp_path / "beam-temp-part-r00001-a-1").mkdir()
+    (tmp_path / "beam-temp-part-r00001-a-2").mkdir()
+    (tmp_path / "beam-temp-part-r00002-b-3").mkdir()
+    (tmp_path / "beam-temp-part-r00002-b-3" / "in-flight").write_text("another job is writing")
+    (tmp_path / "beam-temp-elsewhere").mkdir()  # not a temp folder of this job's files
     remove_empty_temp_dirs(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("beam-temp")) == [
-        "beam-temp-errors-3"
+        "beam-temp-elsewhere",
+        "beam-temp-part-r00002-b-3",
     ]
+
+
+# ------------------------------------------------------------------- names that are not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("path", "uri"),
+    [
+        ("/photos/a b.jpg", "/photos/a b.jpg"),  # UTF-8: as it is (earlier runs' image_ids stay)
+        ("/photos/café %41.jpg", "/photos/café %41.jpg"),
+        (b"/photos/caf\xe9.jpg", "file:///photos/caf%E9.jpg"),  # Latin-1 bytes: a file:// URI
+        (b"/p/\xff %41#?.jpg", "file:///p/%FF%20%2541%23%3F.jpg"),  # every byte but "/" and unreserved
+        ("/photos/caf\udce9.jpg", "file:///photos/caf%E9.jpg"),  # as os.fsdecode holds that name
+    ],
+)
+def test_a_local_paths_uri_and_back(path, uri):
+    assert contract.path_uri(path) == uri
+    assert os.fsencode(contract.uri_path(uri)) == os.fsencode(path)  # reversible, to the byte
+    assert contract.image_id(uri)  # always valid UTF-8
+
+
+def test_uri_path_takes_only_local_uris():
+    assert contract.uri_path("file://localhost/a%20b") == "/a b"
+    with pytest.raises(ValueError, match="absolute path on this host"):
+        contract.uri_path("file://server/share/x.jpg")
+    with pytest.raises(ValueError, match="not a local path"):
+        contract.uri_path("gs://b/x.jpg")
+
+
+@pytest.mark.parametrize(
+    ("key", "spelled"),
+    [
+        ("00012/000123456", "00012/000123456"),  # UTF-8: as it is
+        (b"caf\xc3\xa9", "café"),
+        (b"caf\xe9", "%caf%E9"),  # not UTF-8: '%', then percent-encoded
+        ("caf\udce9", "%caf%E9"),  # the same name as tarfile hands it over
+        ("%41", "%%2541"),  # a key starting with '%' is encoded, so no spelling means two keys
+        ("a%41", "a%41"),
+    ],
+)
+def test_a_member_keys_spelling_and_back(key, spelled):
+    assert contract.key_uri(key) == spelled
+    raw = key if isinstance(key, bytes) else key.encode("utf-8", "surrogateescape")
+    assert contract.key_bytes(spelled) == raw
+
+
+def test_the_new_read_error_types():
+    for name in ("not_a_file", "symlink_loop", "read_timeout"):
+        assert ERROR_TYPES["read"][name] == contract.READ_ERROR_TYPES[name]

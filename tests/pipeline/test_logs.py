@@ -15,7 +15,7 @@ import pytest
 import vgg.logs
 from pipeline.contract import prediction_rows, predictions_schema
 from tests.conftest import REPO
-from tests.pipeline.conftest import PROVENANCE
+from tests.pipeline.conftest import PROVENANCE, commit_output
 
 OURS = ("pipeline", "vgg")
 
@@ -95,7 +95,9 @@ def write_predictions(folder) -> None:
     keys = [(f"{i:032x}", f"/photos/{i}.jpg", 64, 48) for i in range(3)]
     rows = prediction_rows(keys, rng.random((3, 1000)), rng.random((3, 4096), dtype=np.float32), 5)
     schema = predictions_schema(embeddings=True, provenance=PROVENANCE)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "predictions-00000-of-00001.parquet")
+    (folder / "predictions").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / "predictions" / "part-0.parquet")
+    commit_output(folder)
 
 
 def test_faiss_would_announce_itself_at_info():
@@ -112,7 +114,7 @@ def test_index_cli_keeps_faiss_notices_off_the_screen(tmp_path):
             "-m",
             "pipeline.tools.index",
             "--predictions",
-            f"{tmp_path}/predictions-*.parquet",
+            tmp_path,
             "--out",
             tmp_path / "index",
         ],

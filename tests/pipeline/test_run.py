@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.contract import UNTRAINED_WARNING, image_id
+from pipeline.contract import UNTRAINED_WARNING, decode_provenance, image_id
+from pipeline.table import snapshot, table_provenance
 from tests.conftest import REPO
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.jobs import run_job
@@ -50,8 +52,11 @@ def test_schema_and_provenance(direct_run, npz_path):
     from vgg.weights import sha256_file
 
     out, _ = direct_run
-    files = sorted(out.glob("predictions-*"))
-    assert [f.name for f in files] == ["predictions-00000-of-00001.parquet"]
+    found = snapshot(str(out))
+    files = found.files("predictions")
+    assert [re.sub("-[0-9a-f]{8}-", "-TOKEN-", os.path.basename(f)) for f in files] == [
+        "part-r00001-TOKEN-00000-of-00001.parquet"
+    ]
     table = pq.read_table(files[0])
     schema = table.schema
     assert schema.names == ["image_id", "uri", "width", "height", "labels", "fc7"]
@@ -66,6 +71,11 @@ def test_schema_and_provenance(direct_run, npz_path):
     assert meta[b"vgg16.weights_untrained"] == b"true"
     assert (meta[b"vgg16.resize"], meta[b"vgg16.precision"]) == (b"squash", b"float32")
     assert pq.read_metadata(files[0]).row_group(0).column(0).compression == "ZSTD"
+    # The same provenance in both tables' properties and in the commit that added the files.
+    for name in ("predictions", "errors"):
+        assert table_provenance(found.tables[name]) == decode_provenance(meta)
+    commit = found.tables["predictions"].history()[-1]
+    assert commit["vgg16.run"] == "1" and commit["vgg16.weights_sha256"] == sha256_file(npz_path)
     rows = {os.path.basename(r["uri"]): r for r in table.to_pylist()}
     assert (rows["cat.png"]["width"], rows["cat.png"]["height"]) == (451, 300)  # chelsea.png's size
     for row in rows.values():
@@ -114,10 +124,11 @@ def assert_same_rows(read_rows, folder_a, folder_b):
 @pytest.mark.slow
 def test_multi_processing_workers(direct_run, photo_dir, npz_path, tmp_path, read_rows):
     # Two SDK worker processes: the DoFns pickle, and setup() loads the model in each.
-    # The recursive pattern matches the same files as the direct run's "*".
+    # The recursive pattern matches the same files as the direct run's "*" (no sub-folders;
+    # "DIR/**" would also list DIR itself, as bash does: a not_a_file row).
     done = run_job(
         "--input",
-        f"{photo_dir}/**",
+        f"{photo_dir}/**/*",
         "--output",
         tmp_path,
         "--weights",

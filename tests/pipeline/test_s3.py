@@ -13,18 +13,19 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import signal
 import subprocess
 import sys
 
 import boto3  # test extras: a missing one must fail here, not skip the round trip
-import moto.server as moto_server
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.contract import image_id
+from pipeline.table import snapshot
 from tests.conftest import REPO, SAMPLES
 from tests.pipeline.jobs import run_job
-from tests.pipeline.servers import free_port, wait_listening
+from tests.pipeline.servers import free_port, start_service, stop_service, wait_listening
 
 pytestmark = pytest.mark.slow
 
@@ -33,16 +34,21 @@ PHOTOS = ("coffee.jpg", "chelsea.png", "rocket.jpg")
 
 
 @pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1, its endpoint, credentials and a client; stopped afterwards."""
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1, its endpoint, credentials and a client; stopped afterwards.
+
+    In a process of its own: deltalake's client (the output's tables) waits for replies
+    without releasing the GIL, so a server thread in this process could never answer it.
+    """
     port = free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    server = start_service(command, log, REPO)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_listening(port, timeout_s=30, what="moto's S3 server")
     except BaseException:  # pytest.fail raises an OutcomeException, not an Exception
-        server.stop()
+        stop_service(server)
         raise
     # Fresh random credentials: any occurrence of them in an output is a leak.
     creds = {
@@ -73,7 +79,7 @@ def s3():
     try:
         yield {"endpoint": endpoint, "env": env, "creds": creds, "client": client}
     finally:
-        server.stop()
+        stop_service(server)
 
 
 def objects(client, prefix):
@@ -99,11 +105,32 @@ def s3_run(s3, npz_path):
     return done
 
 
+def delta_options(s3) -> dict[str, str]:
+    """deltalake's options for the test server (the test process has no AWS_* of its own)."""
+    return {
+        "AWS_ENDPOINT_URL": s3["endpoint"],
+        "AWS_ENDPOINT_URL_S3": s3["endpoint"],
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        **s3["creds"],
+    }
+
+
+def table_rows(s3, output: str, table: str) -> list[dict]:
+    """The rows of a table's committed version in the bucket, read back through boto3."""
+    found = snapshot(output, delta_options(s3))
+    stored = objects(s3["client"], output.removeprefix(f"s3://{BUCKET}/") + "/")
+    keys = [uri.removeprefix(f"s3://{BUCKET}/") for uri in found.files(table)]
+    return [row for key in keys for row in pq.read_table(io.BytesIO(stored[key])).to_pylist()]
+
+
 def test_round_trip_through_the_bucket(s3, s3_run):
     stored = objects(s3["client"], "out/")
-    assert sorted(stored) == ["out/errors-00000-of-00001.parquet", "out/predictions-00000-of-00001.parquet"]
-    predictions = pq.read_table(io.BytesIO(stored["out/predictions-00000-of-00001.parquet"])).to_pylist()
-    errors = pq.read_table(io.BytesIO(stored["out/errors-00000-of-00001.parquet"])).to_pylist()
+    parquet = sorted(key.rsplit("-", 4)[0] for key in stored if key.endswith(".parquet"))
+    assert parquet == ["out/errors/part-r00001", "out/predictions/part-r00001"]
+    assert any(key.startswith("out/predictions/_delta_log/") for key in stored)
+    predictions = table_rows(s3, f"s3://{BUCKET}/out", "predictions")
+    errors = table_rows(s3, f"s3://{BUCKET}/out", "errors")
     uris = {f"s3://{BUCKET}/imgs/{name}" for name in PHOTOS}
     assert {r["uri"] for r in predictions} == uris
     assert all(r["image_id"] == image_id(r["uri"]) for r in predictions)
@@ -121,6 +148,8 @@ def test_credentials_leak_nowhere(s3, s3_run, npz_path):
         assert secret not in text and key_id not in text
     for key, data in objects(s3["client"], "out/").items():
         assert secret.encode() not in data and key_id.encode() not in data, key
+        if not key.endswith(".parquet"):
+            continue  # the tables' logs: checked above as bytes
         metadata = pq.read_metadata(io.BytesIO(data)).metadata or {}
         assert not any(secret.encode() in v or key_id.encode() in v for v in metadata.values())
     # Display data and the pipeline proto, as a runner would receive them, built from
@@ -197,3 +226,43 @@ def test_credential_flags_are_warned_about_without_their_values(caplog):
     _warn_about_secret_flags(["--s3_secret_access_key=hunter2", "--s3_endpoint_url=http://x"])
     assert "--s3_secret_access_key was given on the command line" in caplog.text
     assert "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize("point", ["commit.between=kill", "cleanup=kill"])
+def test_a_killed_run_leaves_the_buckets_last_commit_and_resume_completes_it(s3, npz_path, point):
+    # The crash tests' protocol (tests/pipeline/test_crash.py) on the object store: a run
+    # killed between its two commits, or in its cleanup, then a --resume.
+    output = f"s3://{BUCKET}/crash-{point.split('=')[0]}"
+
+    def run(*extra, failpoint=None):
+        env = {**s3["env"], **({"PIPELINE_FAILPOINTS": failpoint} if failpoint else {})}
+        argv = ["--input", f"s3://{BUCKET}/imgs/*", "--output", output, "--weights", npz_path]
+        process = subprocess.run(
+            [sys.executable, "-m", "tests.pipeline.crash_job", *argv, "--s3_endpoint_url", s3["endpoint"]]
+            + list(extra),
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            start_new_session=True,
+        )
+        return process
+
+    def names(table):
+        return sorted(row["uri"].rsplit("/", 1)[1] for row in table_rows(s3, output, table))
+
+    assert run().returncode == 0
+    before = (names("predictions"), names("errors"))
+    assert before == (sorted(PHOTOS), ["notes.jpg"])
+    killed = run(failpoint=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (names("predictions"), names("errors")) == before  # the same rows, each once
+    done = run("--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (names("predictions"), names("errors")) == before
+    # Nothing is left in the bucket that no table references.
+    found = snapshot(output, delta_options(s3))
+    referenced = {uri.removeprefix(f"s3://{BUCKET}/") for table in found.tables for uri in found.files(table)}
+    stored = objects(s3["client"], output.removeprefix(f"s3://{BUCKET}/") + "/")
+    assert sorted(key for key in stored if key.endswith(".parquet")) == sorted(referenced)

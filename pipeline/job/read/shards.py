@@ -28,16 +28,15 @@ import functools
 import itertools
 import logging
 import time
-import zlib
 from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline import METRICS_NAMESPACE, ConfigError
-from pipeline.contract import ERRORS, error_row, image_id
+from pipeline.contract import ERRORS, error_row, image_id, printable
+from pipeline.job import failpoints
 from pipeline.job.read import files, formats
 from pipeline.job.read.files import MatchInputs, ReadImages
 from pipeline.job.read.formats import FORMATS, SNIFF_BYTES
@@ -46,9 +45,12 @@ from pipeline.storage import (
     MAX_INPUT_BYTES,
     READ_ATTEMPTS,
     READ_BACKOFF_S,
+    READ_TIMEOUT_S,
     InputError,
     classify,
+    expand,
     first_cause,
+    open_input,
     read_bytes,
     with_retries,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "ReadShard",
     "check_format",
     "check_inputs",
+    "check_sample",
     "read_shard",
     "sniff",
 ]
@@ -75,7 +78,7 @@ _DESCRIPTION = {
 }
 _COMPRESSION = {
     "webdataset": CompressionTypes.UNCOMPRESSED,  # tarfile's "r|*" finds gzip itself, also in .tgz
-    "tfrecord": CompressionTypes.AUTO,  # `.gz` is gzip, as TFRecordWriter's "GZIP" option writes
+    "tfrecord": CompressionTypes.UNCOMPRESSED,  # tfrecord.read gunzips `.gz` itself (tfrecord.gunzipped)
     "parquet": CompressionTypes.UNCOMPRESSED,
 }
 log = logging.getLogger(__name__)
@@ -93,6 +96,7 @@ class InputConfig:
         format: one of INPUT_FORMATS (--input_format).
         image_field, key_field: see read_shard (shard formats only).
         max_bytes: a larger file or member is a "too_large" errors row (--max_input_bytes).
+        read_timeout_s: a read that takes longer is a "read_timeout" errors row (--read_timeout_s).
     """
 
     patterns: tuple[str, ...] = ()
@@ -101,6 +105,7 @@ class InputConfig:
     image_field: str | None = None
     key_field: str | None = None
     max_bytes: int = MAX_INPUT_BYTES
+    read_timeout_s: float = READ_TIMEOUT_S
 
     def __post_init__(self):
         if not self.patterns and not self.input_list:
@@ -124,6 +129,11 @@ class InputConfig:
             raise ConfigError(
                 f"--max_input_bytes (max_bytes) must be at least 1 byte. Received: {self.max_bytes}"
             )
+        if not self.read_timeout_s > 0:  # also refuses nan
+            raise ConfigError(
+                "--read_timeout_s (read_timeout_s) must be more than 0 seconds. "
+                f"Received: {self.read_timeout_s}"
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> InputConfig:
@@ -135,6 +145,7 @@ class InputConfig:
             image_field=args.image_field,
             key_field=args.key_field,
             max_bytes=args.max_input_bytes,
+            read_timeout_s=args.read_timeout_s,
         )
 
 
@@ -145,6 +156,7 @@ def read_shard(
     image_field: str | None = None,
     key_field: str | None = None,
     max_bytes: int = MAX_INPUT_BYTES,
+    timeout_s: float | None = READ_TIMEOUT_S,
     attempts: int = READ_ATTEMPTS,
     backoff_s: float = READ_BACKOFF_S,
     sleep=time.sleep,
@@ -164,11 +176,13 @@ def read_shard(
             (parquet); default: the first present of the format's defaults.
         key_field: The feature or column holding each record's key (tfrecord, parquet).
         max_bytes: A larger member is a "too_large" Failure (--max_input_bytes).
+        timeout_s: Opening the shard, or any one read from it (1 MiB), that takes longer
+            ends the shard with a "read_timeout" Failure, not retried (--read_timeout_s).
     """
     reader = formats.module(fmt).read
 
     def attempt(done: int) -> Iterator[Member | Failure]:
-        with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
+        with open_input(uri, _COMPRESSION[fmt], timeout_s=timeout_s) as handle:
             items = reader(uri, handle, image_field, key_field, max_bytes)
             yield from itertools.islice(items, done, None)  # a retry passes over those yielded
 
@@ -195,7 +209,7 @@ def sniff(uri: str) -> str | None:
 
 
 def check_format(uri: str, fmt: str) -> None:
-    """Fails unless the file looks like `fmt`: the launcher's check of a pattern's first file.
+    """Fails unless the file looks like `fmt`.
 
     Raises:
         InputError: naming the file, the format asked for and what the file looks like.
@@ -203,20 +217,27 @@ def check_format(uri: str, fmt: str) -> None:
     formats.module(fmt)  # a ValueError for anything but a shard format
     head = _head(uri)
     found = formats.sniff(head, uri)
-    if found == fmt:
-        return
+    if found != fmt:
+        raise InputError(
+            f"--input_format {fmt}: {uri} does not look like {_DESCRIPTION[fmt]}; {_seen(head, found)}."
+        )
+
+
+def _seen(head: bytes, found: str | None, *, advise: bool = True) -> str:
+    """What a file unlike the format asked for looks like, and (advise) what to pass instead."""
     if found is not None:
-        seen = f"it looks like {_DESCRIPTION[found]}: pass --input_format {found}"
-    elif not head:
-        seen = "it is empty"
-    else:
-        seen = f"its first bytes ({head[:8].hex(' ')}) are none of the shard formats'"
-    raise InputError(f"--input_format {fmt}: {uri} does not look like {_DESCRIPTION[fmt]}; {seen}.")
+        advice = f": pass --input_format {found}" if advise else ""
+        return f"it looks like {_DESCRIPTION[found]}{advice}"
+    if not head:
+        return "it is empty"
+    return f"its first bytes ({head[:8].hex(' ')}) are none of the shard formats'"
 
 
-def _head(uri: str) -> bytes:
+def _head(uri: str, timeout_s: float | None = READ_TIMEOUT_S) -> bytes:
+    # open_input looks at a local name before opening it: a FIFO or a device, which could
+    # block the launcher forever, is refused unopened; a read that never answers times out.
     try:
-        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with open_input(uri, CompressionTypes.UNCOMPRESSED, timeout_s=timeout_s) as handle:
             return handle.read(SNIFF_BYTES)
     except Exception as error:  # cloud clients raise their own types, not only OSError
         raise InputError(f"{uri} cannot be read: {first_cause(error)}") from error
@@ -240,12 +261,14 @@ class ReadShard(beam.DoFn):
         image_field: str | None = None,
         key_field: str | None = None,
         max_bytes: int = MAX_INPUT_BYTES,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ):
         formats.module(fmt)  # a ValueError for anything but a shard format
         self._fmt = fmt
         self._image_field = image_field
         self._key_field = key_field
         self._max_bytes = max_bytes
+        self._read_timeout_s = read_timeout_s
         self._read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "failed_read")
         self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_read")
@@ -258,12 +281,13 @@ class ReadShard(beam.DoFn):
             image_field=self._image_field,
             key_field=self._key_field,
             max_bytes=self._max_bytes,
+            timeout_s=self._read_timeout_s,
         )
         for item in items:
-            key = image_id(item.uri)
+            key = image_id(item.uri)  # a valid UTF-8 spelling of any name (pipeline.contract.key_uri)
             if isinstance(item, Failure):
                 self._failed.inc()
-                row = error_row(key, item.uri, item.stage, item.error_type, item.message)
+                row = error_row(key, item.uri, item.stage, item.error_type, printable(item.message))
                 yield beam.pvalue.TaggedOutput(ERRORS, row)
             else:
                 self._read.inc()
@@ -273,20 +297,163 @@ class ReadShard(beam.DoFn):
 # -- the launcher's checks
 
 
+# The launcher reads the head of at most this many of a pattern's files (and of the list's
+# URIs), files named like the format's shards first, and stops at the first that looks like
+# the format: one open when the first is a good shard, a few more to see past a damaged or
+# stray file without mistaking it for a wrong --input_format.
+SAMPLE_OPENS = 8
+# How many of a pattern's matches (one listing call) the launcher picks those files from.
+SAMPLE_NAMES = 1000
+# img2dataset's shard files by --output_format, in the order they are told apart: a tar or
+# TFRecord shard has a `.parquet` of metadata beside it, and every shard an `_stats.json`.
+_IMG2DATASET_SHARDS = {"tar": "webdataset", "tfrecord": "tfrecord", "parquet": "parquet"}
+
+
 def check_inputs(config: InputConfig) -> None:
     """The launcher's check of the inputs: they exist (pipeline.job.read.files.check_inputs), and with a
-    shard format, each pattern's first file (and the list's first URI) looks like that format,
-    and the first of them has the fields --image_field and --key_field name (check_fields).
+    shard format, each pattern's files (and the list's URIs) hold shards of that format (check_sample),
+    and the first such shard has the fields --image_field and --key_field name (check_fields).
 
     Raises:
         InputError: naming the pattern, list or file and what is wrong with it.
     """
-    first = files.check_inputs(list(config.patterns), config.input_list)
+    files.check_inputs(list(config.patterns), config.input_list)
     if config.format == "files":
         return
-    for uri in dict.fromkeys(first):
-        check_format(uri, config.format)
-    check_fields(first[0], config)
+    heads: dict[str, bytes | InputError] = {}
+    look = functools.partial(check_sample, fmt=config.format, heads=heads, timeout_s=config.read_timeout_s)
+    shards = [look(_listed(pattern), source=f"--input {pattern!r} matches") for pattern in config.patterns]
+    if config.input_list:
+        listed = [files.absolute(uri) for uri in files.read_input_list(config.input_list)[:SAMPLE_NAMES]]
+        shards.append(look(listed, source=f"--input_list {config.input_list!r} names"))
+    check_fields(shards[0], config)
+
+
+def check_sample(
+    uris: list[str],
+    fmt: str,
+    source: str,
+    *,
+    heads: dict | None = None,
+    timeout_s: float | None = READ_TIMEOUT_S,
+) -> str:
+    """The first of some of `uris` that looks like `fmt`: fails only when none of them does.
+
+    Opens at most SAMPLE_OPENS of them, those named like the format's shards first. A
+    damaged or stray file (an img2dataset folder's metadata beside its tars) among them is
+    the job's errors row, as it is anywhere else in the inputs; the launcher only warns.
+
+    Args:
+        uris: the files of one pattern or list, in listing order.
+        fmt: one of FORMATS.
+        source: what named them, for messages ("--input '/data/*' matches").
+        heads: uri -> first bytes (or the InputError reading them), shared by the calls of
+            one check so that no file is opened twice.
+        timeout_s: a file whose read takes longer cannot be read (--read_timeout_s).
+
+    Raises:
+        InputError: none of the files opened looks like `fmt` (naming one of them and
+            what it looks like), or none could be read (the first one's error).
+    """
+    heads = {} if heads is None else heads
+    named = sorted(uris, key=lambda uri: not formats.named_like(uri, fmt))  # stable: else listing order
+    unlike: list[tuple[str, bytes, str | None]] = []
+    unread: list[InputError] = []
+    for uri in named[:SAMPLE_OPENS]:
+        if uri not in heads:
+            try:
+                heads[uri] = _head(uri, timeout_s)
+            except InputError as error:
+                heads[uri] = error
+        head = heads[uri]
+        if isinstance(head, InputError):
+            unread.append(head)
+            continue
+        found = formats.sniff(head, uri)
+        if found == fmt:
+            _warn_strays(uris, fmt, source, unlike, unread)
+            return uri
+        unlike.append((uri, head, found))
+    if not unlike:
+        raise unread[0] if unread else InputError(f"{source} no files.")
+    # The file to name: one that says what to pass instead (an img2dataset folder's shards,
+    # not its metadata), else the first.
+    folder = _img2dataset_folder(uris)
+    wanted = (folder[2],) if folder else ()
+    uri, head, found = next(
+        (u for u in unlike if u[2] in wanted), next((u for u in unlike if u[2] is not None), unlike[0])
+    )
+    others = len(unlike) + len(unread) - 1
+    also = f", nor {'does' if others == 1 else 'do'} {others} more of the files {source}" if others else ""
+    hint = _img2dataset_hint(uris, fmt)  # which says what to pass, if anything does
+    raise InputError(
+        f"--input_format {fmt}: {uri} does not look like {_DESCRIPTION[fmt]}{also}; "
+        f"{_seen(head, found, advise=not hint)}{hint}."
+    )
+
+
+def _listed(pattern: str) -> list[str]:
+    """Up to SAMPLE_NAMES entries a pattern matches, as the job lists them (one listing call)."""
+    try:
+        return list(itertools.islice(expand(files.absolute(pattern), limit=SAMPLE_NAMES), SAMPLE_NAMES))
+    except Exception as error:  # cloud clients raise their own types, not only OSError
+        raise InputError(f"--input {pattern!r} cannot be listed: {first_cause(error)}") from error
+
+
+def _warn_strays(uris: list[str], fmt: str, source: str, unlike: list, unread: list) -> None:
+    """Warns of files among good shards that the job will give an errors row, with a better pattern."""
+    hint = _img2dataset_hint(uris, fmt)
+    if hint and source.startswith("--input "):
+        log.warning("--input_format %s: the files %s are not all shards%s.", fmt, source, hint)
+    elif unlike:
+        uri, head, found = unlike[0]
+        more = len(unlike) + len(unread) - 1
+        also = f"; nor {'does' if more == 1 else 'do'} {more} more of the files {source}" if more else ""
+        log.warning(
+            "--input_format %s: %s does not look like %s: %s%s; the job gives each such file an errors row.",
+            fmt,
+            uri,
+            _DESCRIPTION[fmt],
+            _seen(head, found, advise=False),
+            also,
+        )
+    elif unread:
+        log.warning("--input_format %s: %s; the job gives it an errors row.", fmt, unread[0])
+
+
+def _img2dataset_folder(uris: list[str]) -> tuple[str, str, str] | None:
+    """(folder, shard extension, --input_format) when `uris` include an img2dataset output folder's files.
+
+    img2dataset writes, per shard, `00012.tar` (or `.tfrecord`, `.parquet`, by its
+    --output_format), beside a tar or TFRecord shard its metadata in `00012.parquet`, and
+    `00012_stats.json`.
+    """
+    folders: dict[str, set[str]] = {}
+    for uri in uris:
+        folder, _, name = uri.rpartition("/")
+        folders.setdefault(folder, set()).add(name)
+    for folder, names in folders.items():
+        stems = {name.removesuffix("_stats.json") for name in names if name.endswith("_stats.json")}
+        for ext, shard_format in _IMG2DATASET_SHARDS.items():
+            if any(f"{stem}.{ext}" in names for stem in stems):
+                return folder, ext, shard_format
+    return None
+
+
+def _img2dataset_hint(uris: list[str], fmt: str) -> str:
+    """For files of an img2dataset output folder other than its shards: the pattern of its shards, else ""."""
+    found = _img2dataset_folder(uris)
+    if found is None:
+        return ""
+    folder, ext, shard_format = found
+    if shard_format == fmt and all(uri.endswith(f".{ext}") for uri in uris):
+        return ""
+    flag = f"--input_format {shard_format} " if shard_format != fmt else ""
+    return (
+        f" ({folder} is an img2dataset output folder: beside its .{ext} shards it holds metadata "
+        "files, each of which would be a damaged_shard errors row; to read only its shards, pass "
+        f"{flag}--input '{folder}/*.{ext}')"
+    )
 
 
 def check_fields(uri: str, config: InputConfig) -> None:
@@ -302,10 +469,11 @@ def check_fields(uri: str, config: InputConfig) -> None:
     if fmt != "parquet" and not (config.image_field or config.key_field):
         return  # nothing named, and one sample says little about the others
     try:
-        with FileSystems.open(uri, compression_type=_COMPRESSION[fmt]) as handle:
+        # Beam's decompression by name (`.gz`) is enough here: only the first record or sample is read.
+        with open_input(uri, CompressionTypes.AUTO, timeout_s=config.read_timeout_s) as handle:
             problem = formats.module(fmt).field_problem(handle, config.image_field, config.key_field)
-    except (OSError, ValueError, zlib.error):
-        return  # check_format has read its head; a later failure is the job's errors row
+    except Exception:  # a read that fails or times out (cloud clients raise their own types)
+        return  # check_sample has read its head; a later failure is the job's errors row
     if problem:
         raise InputError(f"--input_format {fmt}: {uri}: {problem}.")
 
@@ -343,11 +511,15 @@ class ReadInputs(beam.PTransform):
     def __init__(self, config: InputConfig, *, reader=None, plan=None):
         super().__init__()
         self._config = config
-        self._reader = reader or _file_reader(config.max_bytes)
+        self._reader = reader or _file_reader(config.max_bytes, config.read_timeout_s)
         self._plan = plan
 
     def expand(self, pbegin):
-        uris = pbegin | "Match" >> MatchInputs(list(self._config.patterns), self._config.input_list)
+        uris = (
+            pbegin
+            | "Match" >> MatchInputs(list(self._config.patterns), self._config.input_list)
+            | "Listed" >> beam.Map(_hit_listed)
+        )
         return self._files(uris) if self._config.format == "files" else self._shards(uris)
 
     def _files(self, uris):
@@ -359,7 +531,13 @@ class ReadInputs(beam.PTransform):
         c = self._config
         resuming = self._plan is not None and self._plan.resuming
         shards = self._plan.skip_failed(uris) if resuming else uris
-        reader = ReadShard(c.format, image_field=c.image_field, key_field=c.key_field, max_bytes=c.max_bytes)
+        reader = ReadShard(
+            c.format,
+            image_field=c.image_field,
+            key_field=c.key_field,
+            max_bytes=c.max_bytes,
+            read_timeout_s=c.read_timeout_s,
+        )
         read = (
             shards
             | "SpreadShards" >> beam.Reshuffle()
@@ -382,6 +560,11 @@ class ReadInputs(beam.PTransform):
         return (errors, *carried) | "ReadErrors" >> beam.Flatten() if carried else errors
 
 
+def _hit_listed(uri: str) -> str:
+    failpoints.hit("listed")  # inputs listed, none read (tests only)
+    return uri
+
+
 def _runs_in_one_process(pipeline) -> bool:
     """Whether the runner is Beam's local DirectRunner.
 
@@ -392,5 +575,5 @@ def _runs_in_one_process(pipeline) -> bool:
     return "DirectRunner" in type(pipeline.runner).__name__
 
 
-def _file_reader(max_bytes: int):
-    return functools.partial(read_bytes, max_bytes=max_bytes)
+def _file_reader(max_bytes: int, timeout_s: float):
+    return functools.partial(read_bytes, max_bytes=max_bytes, timeout_s=timeout_s)

@@ -13,26 +13,26 @@ import pyarrow.parquet as pq
 import pytest
 from embedding_reader import EmbeddingReader
 
-from pipeline.contract import PREDICTIONS, decode_provenance, errors_schema, predictions_schema
+from pipeline.contract import ERRORS, PREDICTIONS, decode_provenance, errors_schema, predictions_schema
 from pipeline.tools import export as export_module
 from pipeline.tools.export import ExportError, export_laion
 from tests.conftest import REPO
-from tests.pipeline.conftest import PROVENANCE, write_predictions
+from tests.pipeline.conftest import PROVENANCE, commit_output, write_predictions
 
 
 def write_output(
     folder: pathlib.Path, shards: list[np.ndarray], *, row_group_size: int | None = None, **metadata
 ) -> pathlib.Path:
-    """An output folder as pipeline.run writes it: predictions shards holding these fc7 rows, and errors."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """An output folder as pipeline.run writes it: predictions files holding these fc7 rows, and errors."""
+    (folder / PREDICTIONS).mkdir(parents=True, exist_ok=True)
+    (folder / ERRORS).mkdir(parents=True, exist_ok=True)
     first = 0
     for part, vectors in enumerate(shards):
-        path = folder / f"predictions-{part:05d}-of-{len(shards):05d}.parquet"
+        path = folder / PREDICTIONS / f"part-{part:05d}-of-{len(shards):05d}.parquet"
         write_predictions(path, vectors, first, labels=True, row_group_size=row_group_size, **metadata)
         first += len(vectors)
-    pq.write_table(
-        errors_schema(provenance=PROVENANCE).empty_table(), folder / "errors-00000-of-00001.parquet"
-    )
+    pq.write_table(errors_schema(provenance=PROVENANCE).empty_table(), folder / ERRORS / "part-0.parquet")
+    commit_output(folder)
     return folder
 
 
@@ -167,8 +167,9 @@ def test_refuses_an_output_that_does_not_exist(tmp_path, capsys):
 
 def test_refuses_an_output_without_fc7(tmp_path, capsys):
     schema = predictions_schema(embeddings=False, provenance=PROVENANCE)
-    (tmp_path / "out").mkdir()
-    pq.write_table(schema.empty_table(), tmp_path / "out" / "predictions-00000-of-00001.parquet")
+    (tmp_path / "out" / PREDICTIONS).mkdir(parents=True)
+    pq.write_table(schema.empty_table(), tmp_path / "out" / PREDICTIONS / "part-0.parquet")
+    commit_output(tmp_path / "out")
     code, err = run_cli(capsys, str(tmp_path / "out"), str(tmp_path / "laion"))
     assert code == 2 and err.count("\n") == 1
     assert "has no fc7 column; re-run pipeline.run with --embeddings" in err
@@ -177,10 +178,12 @@ def test_refuses_an_output_without_fc7(tmp_path, capsys):
 
 def test_refuses_shards_whose_fc7_are_not_comparable(tmp_path):
     ones = np.ones((1, 4096), np.float32)
-    output = write_output(tmp_path / "out", [ones])
-    other = write_output(tmp_path / "other", [ones], weights_sha256="cd" * 32)
-    # As if a resumed attempt had run with other weights (pipeline.job.resume refuses that).
-    (other / "predictions-00000-of-00001.parquet").rename(output / "predictions-r001-00000-of-00001.parquet")
+    output = tmp_path / "out"
+    (output / PREDICTIONS).mkdir(parents=True)
+    write_predictions(output / PREDICTIONS / "part-0.parquet", ones, 0)
+    # As if a resumed run had used other weights (pipeline.job.resume refuses that).
+    write_predictions(output / PREDICTIONS / "part-1.parquet", ones, 1, weights_sha256="cd" * 32)
+    commit_output(output)
     with pytest.raises(ExportError, match="disagree on weights_sha256"):
         export_laion(str(output), str(tmp_path / "laion"))
 

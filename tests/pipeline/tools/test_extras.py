@@ -30,7 +30,7 @@ def test_present_module_is_the_module():
 @pytest.mark.parametrize(
     ("module", "argv"),
     [
-        (index, ["--predictions", "out/predictions-*.parquet", "--out", "idx"]),
+        (index, ["--predictions", "out/", "--out", "idx"]),
         (search, ["--index", "idx", "--image_id", "0" * 32]),
     ],
 )

@@ -11,24 +11,26 @@ import pytest
 
 from benchmarks.index_recall import SyntheticFc7, exact_search, recall_at
 from pipeline.contract import predictions_schema
+from pipeline.table import snapshot
 from pipeline.tools import index as index_module
 from pipeline.tools.index import ParquetEmbeddings, build_index, choose_index, fit_pca, normalize
 from pipeline.tools.search import EmbeddingIndex
-from tests.pipeline.conftest import PROVENANCE, write_predictions
+from tests.pipeline.conftest import PROVENANCE, commit_output, write_predictions
 
 
 @pytest.fixture(scope="module")
 def synthetic_predictions(tmp_path_factory) -> tuple[str, np.ndarray]:
     """2,100 fc7-like rows in three Parquet files (700 each)."""
     folder = tmp_path_factory.mktemp("synthetic")
+    (folder / "predictions").mkdir()
     vectors = SyntheticFc7(2100, seed=3).all()
     for part in range(3):
         write_predictions(
-            folder / f"predictions-{part:05d}-of-00003.parquet",
+            folder / "predictions" / f"part-{part:05d}-of-00003.parquet",
             vectors[700 * part : 700 * (part + 1)],
             700 * part,
         )
-    return f"{folder}/predictions-*.parquet", vectors
+    return commit_output(folder), vectors
 
 
 def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +64,7 @@ def test_index_directory_keeps_ids_and_provenance(labelled_run, built_index, lab
     assert table.column("image_id").to_pylist() == ids
     assert table.column("uri").to_pylist() == uris
     info = json.loads((path / "index.json").read_text())
-    meta = pq.read_schema(sorted(out.glob("predictions-*.parquet"))[0]).metadata
+    meta = pq.read_schema(snapshot(str(out)).files("predictions")[0]).metadata
     for key in (
         "weights_sha256",
         "weights_name",
@@ -94,25 +96,36 @@ def test_streams_files_in_batches_and_matches_brute_force(synthetic_predictions,
 
 def test_refuses_predictions_from_different_weights(tmp_path):
     vectors = np.ones((2, 4096), np.float32)
-    write_predictions(tmp_path / "predictions-00000-of-00002.parquet", vectors, 0)
-    write_predictions(tmp_path / "predictions-00001-of-00002.parquet", vectors, 2, weights_sha256="cd" * 32)
+    (tmp_path / "predictions").mkdir()
+    write_predictions(tmp_path / "predictions" / "part-0.parquet", vectors, 0)
+    write_predictions(tmp_path / "predictions" / "part-1.parquet", vectors, 2, weights_sha256="cd" * 32)
     with pytest.raises(ValueError, match="disagree on weights_sha256"):
-        ParquetEmbeddings(f"{tmp_path}/predictions-*.parquet")
+        ParquetEmbeddings(commit_output(tmp_path))
 
 
 def test_refuses_predictions_without_fc7(tmp_path, capsys):
     schema = predictions_schema(embeddings=False, provenance=PROVENANCE)
-    pq.write_table(schema.empty_table(), tmp_path / "predictions-00000-of-00001.parquet")
-    code = index_module.main(
-        ["--predictions", f"{tmp_path}/predictions-*.parquet", "--out", str(tmp_path / "i")]
-    )
+    (tmp_path / "predictions").mkdir()
+    pq.write_table(schema.empty_table(), tmp_path / "predictions" / "part-0.parquet")
+    code = index_module.main(["--predictions", commit_output(tmp_path), "--out", str(tmp_path / "i")])
     assert code == 2
     assert "no fc7 column; re-run pipeline.run with --embeddings" in capsys.readouterr().err
 
 
-def test_refuses_a_pattern_that_matches_nothing(tmp_path):
-    with pytest.raises(ValueError, match="matches no files"):
-        ParquetEmbeddings(f"{tmp_path}/predictions-*.parquet")
+def test_refuses_a_folder_without_a_predictions_table(tmp_path):
+    with pytest.raises(ValueError, match="holds no predictions table; pass the --output folder"):
+        ParquetEmbeddings(str(tmp_path))
+
+
+def test_a_0_1_output_is_refused_with_the_command_that_converts_it(tmp_path):
+    write_predictions(tmp_path / "predictions-00000-of-00001.parquet", np.ones((1, 4096), np.float32), 0)
+    with pytest.raises(ValueError, match=f"convert it with: python -m pipeline.upgrade {tmp_path}"):
+        ParquetEmbeddings(str(tmp_path))
+
+
+def test_the_predictions_table_folder_itself_is_accepted_too(synthetic_predictions):
+    output, vectors = synthetic_predictions
+    assert ParquetEmbeddings(f"{output}/predictions").count == len(vectors)
 
 
 def test_choose_index_exact_then_ivf_sq8():

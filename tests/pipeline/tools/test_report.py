@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 
 from pipeline.contract import errors_schema, predictions_schema
+from pipeline.table import snapshot
 from pipeline.tools import report as report_module
 from pipeline.tools.index import ArrayEmbeddings, build_index
 from pipeline.tools.search import EmbeddingIndex
 from tests.images import encode, exif_tagged, quadrants
 from tests.modules import imported_modules
-from tests.pipeline.conftest import HOSTILE_NAME, MAGENTA, PROVENANCE
+from tests.pipeline.conftest import HOSTILE_NAME, MAGENTA, PROVENANCE, commit_output
 from vgg.preprocess import ImageError, decode_image
 
 CHROMIUM_FLAGS = [
@@ -112,7 +113,7 @@ def run(labelled_run, built_index):
 def page(run, tmp_path_factory) -> pathlib.Path:
     out, index = run
     path = tmp_path_factory.mktemp("report") / "report.html"
-    argv = ["--predictions", f"{out}/predictions-*.parquet", "--index", str(index), "--out", str(path)]
+    argv = ["--predictions", str(out), "--index", str(index), "--out", str(path)]
     assert report_module.main([*argv, "--queries", str(QUERIES), "--k", str(K)]) == 0
     return path
 
@@ -123,7 +124,7 @@ def dom(page, tmp_path_factory) -> Node:
 
 
 def read(out: pathlib.Path, prefix: str) -> list[dict]:
-    return pq.read_table(sorted(out.glob(f"{prefix}-*.parquet"))).to_pylist()
+    return pq.read_table(snapshot(str(out)).files(prefix)).to_pylist()
 
 
 @pytest.mark.browser
@@ -195,17 +196,20 @@ def test_hostile_text_is_shown_as_text(tmp_path):
     meta = PROVENANCE | {"weights_untrained": "false"}
     labels = [{"class_index": 7, "wnid": "n0", "label": label, "score": 0.5}]
     row = {"image_id": "h1", "uri": uri, "width": 1, "height": 2, "labels": labels}
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "errors").mkdir()
     pq.write_table(
         pa.Table.from_pylist([row], schema=predictions_schema(embeddings=False, provenance=meta)),
-        tmp_path / "predictions-00000-of-00001.parquet",
+        tmp_path / "predictions" / "part-0.parquet",
     )
     error = {"image_id": "h2", "uri": uri, "stage": "decode", "error_type": "corrupt", "message": message}
     pq.write_table(
         pa.Table.from_pylist([error], schema=errors_schema(provenance=meta)),
-        tmp_path / "errors-00000-of-00001.parquet",
+        tmp_path / "errors" / "part-0.parquet",
     )
+    commit_output(tmp_path)
     page = tmp_path / "hostile.html"
-    report_module.write_report(f"{tmp_path}/predictions-*.parquet", str(page))
+    report_module.write_report(str(tmp_path), str(page))
     dom = rendered_dom(page, tmp_path / "profile")
     figure = dom.find("figure", "image")
     assert figure.find("div", "uri").text() == uri
@@ -224,7 +228,7 @@ def test_refuses_an_index_built_from_other_weights(run, tmp_path):
     build_index(ArrayEmbeddings(vectors, ["a", "b"], ["a", "b"]), str(tmp_path / "i"), provenance=PROVENANCE)
     with pytest.raises(ValueError, match="pass the index built from them"):
         report_module.write_report(
-            f"{run[0]}/predictions-*.parquet", str(tmp_path / "r.html"), index=str(tmp_path / "i")
+            str(run[0]), str(tmp_path / "r.html"), index=str(tmp_path / "i")
         )
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.contract import UNTRAINED_WARNING, error_row, errors_schema, prediction_rows, predictions_schema
 from pipeline.tools import show
-from tests.pipeline.conftest import PROVENANCE
+from tests.pipeline.conftest import PROVENANCE, commit_output
 
 SHARD = "/data/shards/part-00001.tar"
 ROWS = 40
@@ -50,19 +50,21 @@ def write_output(folder, *, damage_fc7: bool = False, files: int = 1) -> None:
         schema=predictions_schema(embeddings=True, provenance=PROVENANCE),
     )
     per_file = ROWS // files
+    (folder / "predictions").mkdir()
+    (folder / "errors").mkdir()
     for n in range(files):
-        pq.write_table(
-            table.slice(n * per_file, per_file), folder / f"predictions-{n:05d}-of-{files:05d}.parquet"
-        )
-    path = folder / f"predictions-00000-of-{files:05d}.parquet"
+        name = f"part-{n:05d}-of-{files:05d}.parquet"
+        pq.write_table(table.slice(n * per_file, per_file), folder / "predictions" / name)
+    path = folder / "predictions" / f"part-00000-of-{files:05d}.parquet"
     errors = [
         error_row("e1", f"{SHARD}#00012/000000099", "decode", "truncated", "cut short"),
         error_row("e2", "/data/shards/part-00002.tar", "read", "damaged_shard", "bad header"),
     ]
     pq.write_table(
         pa.Table.from_pylist(errors, schema=errors_schema(provenance=PROVENANCE)),
-        folder / "errors-00000-of-00001.parquet",
+        folder / "errors" / "part-00000-of-00001.parquet",
     )
+    commit_output(folder)
     if damage_fc7:
         group = pq.ParquetFile(path).metadata.row_group(0)
         (chunk,) = [
@@ -91,7 +93,7 @@ EXPECTED = [
 def test_show_prints_members_and_never_reads_fc7(tmp_path, capsys):
     write_output(tmp_path, damage_fc7=True)
     with pytest.raises(OSError):  # the damage is real: reading fc7, as show once did, fails
-        pq.ParquetFile(tmp_path / "predictions-00000-of-00001.parquet").read(columns=["fc7"])
+        pq.ParquetFile(tmp_path / "predictions" / "part-00000-of-00001.parquet").read(columns=["fc7"])
     assert show.main([str(tmp_path), "--rows", "2"]) == 0
     assert [line.rstrip() for line in capsys.readouterr().out.splitlines()] == EXPECTED
 
@@ -108,5 +110,5 @@ def test_show_reads_on_into_the_next_shard_and_stops_at_rows(tmp_path, capsys):
 def test_show_without_an_output_is_one_error_line(tmp_path, capsys):
     assert show.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: no predictions-*.parquet or errors-*.parquet in {tmp_path}"
+        f"error: {tmp_path} holds no predictions table; pass the --output folder of a pipeline.run."
     ]

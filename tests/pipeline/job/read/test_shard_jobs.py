@@ -10,8 +10,12 @@ process with the fake model (tests/pipeline/fakes.py); one is the real
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
+import pathlib
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -19,11 +23,11 @@ import pytest
 from pipeline import run
 from pipeline.contract import image_id
 from pipeline.job import options
-from pipeline.job.read.shards import FORMATS
+from pipeline.job.read.shards import FORMATS, read_shard
 from tests.pipeline.conftest import BAD, GOOD
 from tests.pipeline.faults import FaultyFileSystem, faulty
 from tests.pipeline.jobs import run_here, run_job
-from tests.shards import example, tar_offsets, write_parquet, write_tar, write_tfrecord
+from tests.shards import example, tar_offsets, write_img2dataset, write_parquet, write_tar, write_tfrecord
 
 
 @pytest.fixture(autouse=True)
@@ -316,7 +320,8 @@ def test_resume_reads_every_shard_but_labels_only_what_is_missing(
         "c.tar#half": "truncated",
     }
     errors, files = read_rows(out, "errors")
-    assert [os.path.basename(f) for f in files] == ["errors-r002-00000-of-00001.parquet"]
+    # The errors table's files are the last run's alone: --retry_errors replaced them in its commit.
+    assert [os.path.basename(f)[:11] for f in files] == ["part-r00003"]
 
 
 # ------------------------------------------------------------------- the launcher
@@ -449,3 +454,123 @@ def test_images_are_spread_over_workers_except_on_the_direct_runner(
     run.build_pipeline(pipeline, args, run.check_launch(args))
     names = {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
     assert ("Inputs/SpreadShards" in names, "Inputs/SpreadImages" in names) == (True, spread)
+
+
+# ------------------------------------------------------------ damaged and stray files, damaged weights
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_damaged_shards_are_rows_wherever_they_are_cut(fmt, photo_dir, npz_path, tmp_path, capsys, read_rows):
+    # The photos' shard beside copies of it damaged as a copy or download damages files:
+    # cut inside its first header, cut in the middle, garbage, empty. The job reads them all
+    # and ends; what the reader makes of each file, member by member, is tested in
+    # test_shards.py: here every item it gives is exactly one row, and each damaged file
+    # has its own damaged_shard row (an empty TFRecord file is a shard of no records).
+    folder = tmp_path / "shards"
+    good = pathlib.Path(pack(sorted(photo_dir.iterdir()), fmt, folder))
+    data = good.read_bytes()
+    damaged = {
+        f"cut-head{good.suffix}": data[:10],
+        f"cut-middle{good.suffix}": data[: len(data) // 2],
+        f"garbage{good.suffix}": np.random.default_rng(0).bytes(len(data) // 4),
+        f"empty{good.suffix}": b"",
+    }
+    for name, content in damaged.items():
+        (folder / name).write_bytes(content)
+    key_field = () if fmt == "webdataset" else ("--key_field", "key")
+    out = tmp_path / "out"
+    run_here(
+        capsys,
+        *(
+            "--input_format",
+            fmt,
+            "--input",
+            f"{folder}/*",
+            *key_field,
+            "--output",
+            out,
+            "--weights",
+            npz_path,
+        ),
+    )
+    items = [
+        item.uri
+        for path in sorted(folder.iterdir())
+        for item in read_shard(str(path), fmt, key_field=key_field[1] if key_field else None)
+    ]
+    predictions, errors = read_rows(out, "predictions")[0], read_rows(out, "errors")[0]
+    assert sorted(r["uri"] for r in predictions + errors) == sorted(items)  # each once
+    assert {r["uri"]: r["error_type"] for r in errors if r["uri"] in map(str, folder.iterdir())} == {
+        str(folder / name): "damaged_shard"
+        for name in damaged
+        if not (fmt == "tfrecord" and name.startswith("empty"))
+    }
+    # Alone, a shard that shows nothing of the format is the launcher's one line, exit 2.
+    for name in ("empty", "garbage"):
+        lone = folder / f"{name}{good.suffix}"
+        code = run.main(
+            [
+                *("--input_format", fmt, "--input", str(lone), *key_field),
+                *("--output", str(tmp_path / "lone"), "--weights", npz_path),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert (code, err.count("\n"), "Traceback" in err) == (2, 1, False)
+        assert err.startswith(f"error: --input_format {fmt}: {lone} does not look like ")
+        assert not (tmp_path / "lone").exists()
+
+
+def test_an_img2dataset_folder_matched_whole(photo_dir, npz_path, tmp_path, capsys, caplog, read_rows):
+    # `--input 'laion/*'` over img2dataset's webdataset output: its tars' images are labelled
+    # (a failed download is no member), and each metadata file beside them, NNNNN.parquet and
+    # NNNNN_stats.json, is one damaged_shard row; the launcher says which pattern reads the tars only.
+    folder = tmp_path / "laion"
+    cat, coffee, rocket = (
+        (photo_dir / name).read_bytes() for name in ("cat.png", "coffee.jpg", "rocket.gif")
+    )
+    write_img2dataset(folder, [[cat, None, coffee], [rocket]])
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        line = run_here(
+            capsys,
+            *("--input_format", "webdataset", "--input", f"{folder}/*"),
+            *("--output", out, "--weights", npz_path),
+        )
+    assert line.startswith(
+        "summary: 7 inputs from 6 shard(s), 3 labelled, 4 failed (read 4, decode 0, inference 0)"
+    )
+    assert outcome(read_rows, out) == {
+        "00000.tar#000000000": None,
+        "00000.tar#000000002": None,
+        "00001.tar#000010000": None,
+        "00000.parquet": "damaged_shard",
+        "00000_stats.json": "damaged_shard",
+        "00001.parquet": "damaged_shard",
+        "00001_stats.json": "damaged_shard",
+    }
+    assert any(f"pass --input '{folder}/*.tar')" in r.getMessage() for r in caplog.records)
+
+
+def test_weights_that_fail_their_crc_are_one_error_line(photo_dir, npz_path, tmp_path, capsys):
+    # A bit flipped inside fc7's kernel: the npz's headers, keys and shapes are intact, and
+    # only its CRC-32 tells. The launcher reads the whole file before anything is submitted.
+    shard = pack(sorted(photo_dir.glob("*.jpg")), "webdataset", tmp_path / "in")
+    data = bytearray(open(npz_path, "rb").read())
+    with zipfile.ZipFile(npz_path) as archive:
+        member = archive.getinfo("fc7_W.npy")
+    name_length, extra_length = struct.unpack(
+        "<HH", data[member.header_offset + 26 : member.header_offset + 30]
+    )
+    data[member.header_offset + 30 + name_length + extra_length + member.compress_size // 2] ^= 0x01
+    bad = tmp_path / "vgg16.npz"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    code = run.main(
+        ["--input_format", "webdataset", "--input", shard, "--output", str(out), "--weights", str(bad)]
+    )
+    assert (code, capsys.readouterr().err) == (
+        2,
+        f"error: {bad}: member 'fc7_W.npy' is damaged (Bad CRC-32 for file 'fc7_W.npy'); "
+        "the file is corrupt: copy or download it again.\n",
+    )
+    assert not out.exists()
