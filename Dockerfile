@@ -9,8 +9,8 @@
 # push from the checkout (see docs/deployment.md):
 #
 #   docker build --build-arg BEAM_VERSION="$(.venv/bin/python -c 'import apache_beam; print(apache_beam.__version__)')" \
-#     -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0 .
-#   docker push REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.1.0
+#     -t REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.2.0 .
+#   docker push REGION-docker.pkg.dev/PROJECT/REPOSITORY/vgg16-beam-gpu:0.2.0
 ARG PY_VERSION=3.11
 ARG BEAM_VERSION
 FROM apache/beam_python${PY_VERSION}_sdk:${BEAM_VERSION}
