@@ -104,10 +104,14 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, handler=None) -> int:
+    """The command line: 0 done, 1 over the error budget, 2 a user's mistake (one `error:` line).
+
+    handler replaces the real model handler (tests: tests/pipeline/crash_job.py).
+    """
     logs.configure(logging.INFO)  # the job's own progress; Beam's and TensorFlow's from WARNING up
     try:
-        run(argv)
+        run(argv, handler=handler)
     except USAGE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

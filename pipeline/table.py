@@ -316,6 +316,32 @@ class RunCommit:
         }
 
 
+def replace_with(
+    output: str,
+    files: dict[str, list[DataFile]],
+    schemas: dict[str, pa.Schema],
+    provenance: dict[str, str],
+    options: dict[str, str] | None = None,
+) -> int:
+    """Commits these files as the next run, replacing both tables' files (for tools and tests).
+
+    The protocol's two commits in their order, without the job's failpoints. Returns the run.
+    """
+    options = storage_options(output) if options is None else options
+    commit = RunCommit(
+        output=output,
+        run=next_run(output, options),
+        files=files,
+        replace_errors=True,
+        replace_predictions=True,
+        schemas=schemas,
+        provenance=provenance,
+    )
+    commit_errors(commit, options)
+    commit_predictions(commit, options)
+    return commit.run
+
+
 def commit_errors(commit: RunCommit, options: dict[str, str]) -> bool:
     """Step 1: the errors table, with step 2's file list in the commit's metadata."""
     return commit_table(

@@ -62,19 +62,8 @@ def upgrade(output: str) -> dict[str, int]:
             copy = join(delta.table_uri(output, table), name)
             FileSystems.copy([path], [copy])
             files[table].append(delta.describe(output, table, copy))
-    commit = delta.RunCommit(
-        output=output,
-        run=delta.next_run(output),
-        files=files,
-        replace_errors=True,
-        replace_predictions=True,
-        schemas=schemas,
-        provenance=provenance,
-    )
-    options = delta.storage_options(output)
-    delta.commit_errors(commit, options)
-    delta.commit_predictions(commit, options)
-    delta.clean(output, provenance, options)
+    delta.replace_with(output, files, schemas, provenance)
+    delta.clean(output, provenance)
     FileSystems.delete([path for table in TABLES for path in shards[table]])
     return {table: len(files[table]) for table in TABLES}
 

@@ -68,17 +68,7 @@ def commit_output(output) -> str:
         paths = sorted(folder.glob("*.parquet"))
         files[table] = [delta.describe(output, table, str(path)) for path in paths]
         schemas[table] = pq.read_schema(paths[0])
-    commit = delta.RunCommit(
-        output=output,
-        run=delta.next_run(output),
-        files=files,
-        replace_errors=True,
-        replace_predictions=True,
-        schemas=schemas,
-        provenance=decode_provenance(schemas["predictions"].metadata),
-    )
-    delta.commit_errors(commit, {})
-    delta.commit_predictions(commit, {})
+    delta.replace_with(output, files, schemas, decode_provenance(schemas["predictions"].metadata), {})
     return output
 
 

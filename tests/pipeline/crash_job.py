@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import logs, run
-from pipeline.job.summary import JobFailed
+from pipeline import run
 from tests.pipeline.fakes import FakeHandler
 
-
-def main(argv: list[str]) -> int:
-    logs.configure()
-    try:
-        run.run(argv, handler=FakeHandler(max_batch_size=2))
-    except run.USAGE_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except JobFailed as error:
-        print(str(error), file=sys.stderr)
-        return 1
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run.main(sys.argv[1:], handler=FakeHandler(max_batch_size=2)))
