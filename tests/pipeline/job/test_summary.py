@@ -77,9 +77,11 @@ def test_error_budget_fails_the_job_after_writing(tmp_path, npz_path, capsys, mo
         (folder / name).write_bytes(b"not a photo")
     out = tmp_path / "out"
     real_run = job.run
-    monkeypatch.setattr(
-        job, "run", lambda argv: real_run(argv, test_pipeline=TestPipeline(), handler=FakeHandler())
-    )
+
+    def fake_run(argv, handler=None):  # main's own handler: none, so the real model; here the fake
+        return real_run(argv, test_pipeline=TestPipeline(), handler=FakeHandler())
+
+    monkeypatch.setattr(job, "run", fake_run)
     argv = ["--input", f"{folder}/*", "--output", str(out), "--weights", npz_path]
     assert job.main([*argv, "--max_error_fraction", "0.5"]) == 1
     captured = capsys.readouterr()
