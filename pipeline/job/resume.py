@@ -52,7 +52,7 @@ class Plan:
 
     output: str
     run: int = 1
-    token: str = "0"
+    token: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:8])  # unique per launch
     previous: Shards = Shards()
     resume: bool = False
     retry_errors: bool = False
@@ -148,7 +148,7 @@ def prepare(
         delta.clean(output, committed_provenance(found), options)
     except delta.TableError as error:
         raise ConfigError(str(error)) from error
-    plan = Plan(output, run=delta.next_run(output, options), token=uuid.uuid4().hex[:8])
+    plan = Plan(output, run=delta.next_run(output, options))
     if not resume:
         return plan
     previous = Shards(predictions=tuple(found.files(PREDICTIONS)), errors=tuple(found.files(ERRORS)))
