@@ -150,6 +150,11 @@ class Snapshot:
     def exists(self) -> bool:
         return any(found is not None for found in self.tables.values())
 
+    @property
+    def next_run(self) -> int:
+        """The number of the next run: 1 + the highest any table recorded (an interrupted one too)."""
+        return 1 + max(self.run, self.pending)
+
     def rows(self, table: str) -> int:
         found = self.tables.get(table)
         return found.count() if found is not None else 0
@@ -193,8 +198,7 @@ def _entry_run(entry: dict) -> int | None:
 
 def next_run(output: str, options: dict[str, str] | None = None) -> int:
     """The number of the next run on `output`: 1 + the highest any of its tables recorded."""
-    options = storage_options(output) if options is None else options
-    return 1 + max(run_of(open_table(table_uri(output, table), options)) for table in TABLES)
+    return snapshot(output, options).next_run
 
 
 # ------------------------------------------------------------------- committing a run

@@ -148,7 +148,7 @@ def prepare(
         delta.clean(output, committed_provenance(found), options)
     except delta.TableError as error:
         raise ConfigError(str(error)) from error
-    plan = Plan(output, run=delta.next_run(output, options))
+    plan = Plan(output, run=found.next_run)  # cleanup commits carry no run number
     if not resume:
         return plan
     previous = Shards(predictions=tuple(found.files(PREDICTIONS)), errors=tuple(found.files(ERRORS)))
