@@ -12,6 +12,7 @@ INTEROP = ["duckdb>=1.1", "polars>=1.0", "pandas>=2.0,<2.3", "lancedb>=0.40", "e
 # extensions.duckdb.org. The test machines cannot reach it, so the tests load it from PyPI's
 # wheel, built for exactly one DuckDB release: duckdb is pinned to it for the tests only.
 DUCKDB_DELTA = ["duckdb==1.5.5", "duckdb-extensions==1.5.5", "duckdb-extension-delta==1.5.5"]
+DALI = "nvidia-dali-cuda120>=2.4,<3; sys_platform == 'linux'"  # wheels for Linux only
 
 setup(
     name="vgg16-beam",
@@ -45,6 +46,8 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        # --decode_device gpu: JPEGs decoded and resized on the GPU by NVIDIA DALI (CUDA 12 build).
+        "gpu-decode": [DALI],
         "search": ["faiss-cpu>=1.8"],
         # Only for `python -m benchmarks.…`: the Beam peers (Beam's TF model handler imports
         # tensorflow_hub, which needs tf-keras matching TensorFlow) and the plot.
@@ -70,6 +73,8 @@ setup(
             "mkdocs>=1.6,<2",
             *INTEROP,
             *DUCKDB_DELTA,
+            # DALI's pipelines run on the CPU too: the GPU decode path is tested without a GPU.
+            DALI,
         ],
     },
     entry_points={

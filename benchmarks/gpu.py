@@ -4,29 +4,35 @@
     python -m benchmarks.gpu --tiny_cpu --results /tmp/g    # every step, tiny, on the CPU (a check)
 
 On a machine without an NVIDIA GPU it says so and exits 0 at once. With one, it installs
-the 'gpu' extra when TensorFlow's CUDA libraries are missing, then measures, each step in
-its own process and within a fixed time budget (a step that would not fit is recorded as
-skipped, never left half done):
+the 'gpu' extra when TensorFlow's CUDA libraries are missing and the 'gpu-decode' extra when
+NVIDIA DALI is, then measures, each step in its own process and within a fixed time budget
+(a step that would not fit is recorded as skipped, never left half done):
 1. the bare model in float32, float16 and bfloat16 at batch sizes 32-256: images/s,
    GFLOP/s and TensorFlow's peak GPU memory per batch size;
-2. the job end to end (`python -m pipeline.run`, which sends uint8 batches to the device)
+2. decoding alone, 640×480 and 12 MP JPEGs: images/s of one DALI pipeline on the GPU
+   (vgg.dali, what `--decode_device gpu` runs) against one sandboxed CPU decoder process,
+   i.e. one core (what `--decode_device cpu` runs per decoder thread);
+3. the job end to end (`python -m pipeline.run`, which sends uint8 batches to the device)
    with `--decode_isolation none` and the default `subprocess`, each with and without
-   `--jit`, at the GPU config's precision and batch size (configs/dataflow_gpu.yaml):
-   steady images/s and start-up from two input sizes, the process tree's peak RSS and the
-   GPU's peak memory (nvidia-smi, sampled).
+   `--jit`, and with `--decode_device gpu`, at the GPU config's precision and batch size
+   (configs/dataflow_gpu.yaml): steady images/s and start-up from two input sizes, the
+   process tree's peak RSS and the GPU's peak memory (nvidia-smi, sampled).
+With --tiny_cpu, step 2 runs DALI's pipeline on the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
 
-from benchmarks import model, results, tables
+from benchmarks import images, model, results, tables
 from benchmarks.bench import input_folders, prepare_weights, steady, timed_job
 from vgg import hardware
 
@@ -36,14 +42,20 @@ BATCH_SIZES = (32, 64, 128, 256)
 MODEL_SECONDS = 2.0  # timing window per batch size, after a warm-up call
 CONFIGS = {  # label -> extra flags of the job
     "subprocess": [],
+    "subprocess, --decode_device gpu": ["--decode_device", "gpu"],
     "subprocess, --jit": ["--jit"],
     "none": ["--decode_isolation", "none"],
     "none, --jit": ["--decode_isolation", "none", "--jit"],
 }
 JOB_PRECISION, JOB_BATCH = "float16", 64  # as configs/dataflow_gpu.yaml runs on a T4
 IMAGES = (256, 1536)  # small and large input of the job (640×480 JPEGs)
-MIN_STEP_S = {"model": 45.0, "job": 60.0}  # a step starts only with this much of the budget left
-TINY = {"batch_sizes": (1,), "seconds": 0.0, "images": (2, 4), "precision": "float32", "batch": 2}
+DECODE_SIZES = {"640x480": (640, 480), "12mp": (4032, 3024)}
+DECODE_IMAGES = {"640x480": 128, "12mp": 16}  # one DALI batch of each size
+DECODE_SECONDS = 3.0  # timing window per decoder and size, after a warm-up call
+DALI_DISTRIBUTION = "nvidia-dali-cuda120"  # what the 'gpu-decode' extra installs
+MIN_STEP_S = {"model": 45.0, "decode": 30.0, "job": 60.0}  # a step starts only with this much budget left
+TINY = {"batch_sizes": (1,), "seconds": 0.0, "images": (2, 4), "precision": "float32", "batch": 2,
+        "decode_images": 2}  # fmt: skip
 
 
 def missing_cuda_packages(
@@ -67,22 +79,31 @@ def missing_cuda_packages(
     return missing
 
 
+def dali_missing(installed=importlib.metadata.version) -> bool:
+    """Whether NVIDIA DALI (the 'gpu-decode' extra) is not installed."""
+    try:
+        installed(DALI_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    return False
+
+
 def ensure_gpu_extra(timeout_s: float) -> dict:
-    """Installs the 'gpu' extra (pip install -e '.[gpu]') when CUDA libraries are missing."""
+    """Installs the 'gpu' extra when CUDA libraries are missing, the 'gpu-decode' one when DALI is."""
     missing = missing_cuda_packages()
-    if not missing:
+    extras = (["gpu"] if missing else []) + (["gpu-decode"] if dali_missing() else [])
+    if not extras:
         return {"installed_now": False, "seconds": 0.0}
-    print(
-        f"installing the 'gpu' extra ({len(missing)} CUDA packages missing, e.g. {missing[0]}) ...",
-        flush=True,
-    )
+    why = [f"{len(missing)} CUDA packages missing, e.g. {missing[0]}"] if missing else []
+    why += [f"{DALI_DISTRIBUTION} missing"] if "gpu-decode" in extras else []
+    print(f"installing the {' and '.join(map(repr, extras))} extra ({'; '.join(why)}) ...", flush=True)
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{results.REPO}[gpu]"],
+        [sys.executable, "-m", "pip", "install", "--quiet", "-e", f"{results.REPO}[{','.join(extras)}]"],
         check=True,
         timeout=timeout_s,
     )
-    return {"installed_now": True, "seconds": time.perf_counter() - start}
+    return {"installed_now": True, "extras": extras, "seconds": time.perf_counter() - start}
 
 
 def tensorflow_gpus() -> int:
@@ -95,6 +116,76 @@ def tensorflow_gpus() -> int:
     )
     lines = done.stdout.split()
     return int(lines[-1]) if done.returncode == 0 and lines else 0
+
+
+def _rate(call, data: list[bytes], seconds: float) -> float:
+    """Images/s of call(data), repeated until `seconds` have passed (at least once)."""
+    done, start = 0, time.perf_counter()
+    while True:
+        call(data)
+        done += len(data)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def _one_by_one(decoder, data: list[bytes]) -> list:
+    return [decoder(one) for one in data]
+
+
+def decode_rates(files: dict[str, list[str]], device: str, seconds: float) -> dict:
+    """Per size: images/s of one DALI pipeline on `device` and of one sandboxed decoder process.
+
+    The DALI pipeline decodes all of a size's files as one batch (vgg.dali.DaliDecoder with the
+    job's one thread, as --decode_device gpu runs it); the sandbox decodes them one at a time in
+    its child process (vgg.sandbox, as --decode_device cpu runs each decoder thread), so its
+    rate is one core's. Both resize with "squash" and start with a warm-up call.
+    """
+    from vgg.dali import DaliDecoder
+    from vgg.sandbox import IsolatedDecoder
+
+    found = {}
+    for label, paths in files.items():
+        data = []
+        for path in paths:
+            with open(path, "rb") as handle:
+                data.append(handle.read())
+        dali = DaliDecoder(device=device, batch_size=len(data), threads=1)
+        taken = sum(image is not None for image in dali(data))
+        dali_rate = _rate(dali, data, seconds)
+        dali.close()
+        sandbox = IsolatedDecoder()
+        try:
+            sandbox(data[0])
+            sandbox_rate = _rate(functools.partial(_one_by_one, sandbox), data, seconds)
+        finally:
+            sandbox.close()
+        found[label] = {
+            "images": len(data),
+            "dali_taken": taken,
+            "dali_images_per_s": dali_rate,
+            "sandbox_images_per_s": sandbox_rate,
+        }
+    return {"device": device, "sizes": found}
+
+
+def decode_in_subprocess(files: dict[str, list[str]], device: str, seconds: float, timeout_s) -> dict:
+    """decode_rates in a fresh Python, so that DALI's GPU memory is gone before the jobs run."""
+    code = (
+        "import json, sys\n"
+        "from benchmarks.gpu import decode_rates\n"
+        "print(json.dumps(decode_rates(json.loads(sys.argv[1]), sys.argv[2], float(sys.argv[3]))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(files), device, str(seconds)],
+        cwd=results.REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the decode run ({device}) failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class GpuMemorySampler:
@@ -202,6 +293,26 @@ def measure(args, budget: Budget, gpu_index: int | None, install: dict | None) -
     counts = TINY["images"] if tiny else IMAGES
     precision, batch = (TINY["precision"], TINY["batch"]) if tiny else (JOB_PRECISION, JOB_BATCH)
     small, large, _ = input_folders(args.out, "gpu-640x480", (640, 480), counts[1], counts[0])
+    if not budget.fits("decode", tiny):
+        decode = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+    else:
+        files = {
+            label: images.make_images(
+                os.path.join(args.out, "images", f"gpu-decode-{label}"),
+                size,
+                TINY["decode_images"] if tiny else DECODE_IMAGES[label],
+            )
+            for label, size in DECODE_SIZES.items()
+        }
+        try:
+            decode = decode_in_subprocess(
+                files, "cpu" if tiny else "gpu", 0.0 if tiny else DECODE_SECONDS,
+                timeout_s=None if tiny else budget.left(),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            decode = {"skipped": "time budget ran out during the run"}
+        except RuntimeError as error:
+            decode = {"failed": str(error).splitlines()[-1]}
     jobs = {}
     for label, flags in CONFIGS.items():
         if not budget.fits("job", tiny):
@@ -223,6 +334,7 @@ def measure(args, budget: Budget, gpu_index: int | None, install: dict | None) -
         "budget_s": args.budget_s,
         "gpu_extra": install,
         "model": bare,
+        "decode": decode,
         "job": {
             "precision": precision,
             "batch_size": batch,
@@ -251,6 +363,15 @@ def table(result: dict, markdown: bool = False) -> str:
                  f"{rate * model.FLOPS_PER_IMAGE / 1e12:.1f}" if rate else "",
                  f"{peak:.2f}" if peak is not None else "n/a")
             )  # fmt: skip
+    decode = result["decode"]
+    if "sizes" in decode:
+        decode_rows = [
+            (label, str(e["images"]), str(e["dali_taken"]), f"{e['dali_images_per_s']:.0f}",
+             f"{e['sandbox_images_per_s']:.0f}", f"{e['dali_images_per_s'] / e['sandbox_images_per_s']:.1f}")
+            for label, e in decode["sizes"].items()
+        ]  # fmt: skip
+    else:
+        decode_rows = [("", _not_run(decode), "", "", "", "")]
     job_rows = []
     for label, entry in result["job"]["configs"].items():
         if "memory" not in entry:
@@ -269,8 +390,17 @@ def table(result: dict, markdown: bool = False) -> str:
             ("precision", "batch", "img/s", "TFLOP/s", "peak GPU GiB"), model_rows, markdown=markdown
         ),
         "",
+        f"Decoding alone (resize squash): one DALI pipeline on the {decode.get('device', 'gpu').upper()} "
+        "against one sandboxed decoder process (one core):",
+        "",
+        tables.table(
+            ("JPEGs", "images", "DALI took", "DALI img/s", "sandbox img/s", "DALI / one core"),
+            decode_rows,
+            markdown=markdown,
+        ),
+        "",
         f"Job end to end ({j['precision']}, batch {j['batch_size']}, {j['images']['small']} and "
-        f"{j['images']['large']} 640×480 JPEGs), by --decode_isolation and --jit:",
+        f"{j['images']['large']} 640×480 JPEGs), by --decode_isolation, --jit and --decode_device:",
         "",
         tables.table(
             ("configuration", "img/s", "start-up s", "tree peak GiB", "peak GPU GiB"),
@@ -313,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
             install = ensure_gpu_extra(timeout_s=max(budget.left() - 240, 60))
         except (subprocess.SubprocessError, OSError) as error:
             print(
-                f"error: installing the 'gpu' extra failed ({error}); install it with pip install -e '.[gpu]'"
+                f"error: installing the GPU extras failed ({error}); install them with "
+                "pip install -e '.[gpu,gpu-decode]'"
             )
             return 1
         if tensorflow_gpus() == 0:

@@ -19,6 +19,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import METRICS_NAMESPACE, ConfigError
 from pipeline.contract import ERRORS, error_row
+from vgg.dali import DaliUnavailable, import_dali
 from vgg.preprocess import RESIZE_MODES, ImageError, decode_image
 from vgg.sandbox import DECODE_TIMEOUT_S, DecodeFailed, DecoderCrashed, IsolatedDecoder
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # "subprocess": decode in a child process per decoder thread (crashes contained);
 # "none": decode in the worker's own process (no per-image overhead, no containment).
 ISOLATION_MODES = ("subprocess", "none")
+# "cpu": every image through the decoder above; "gpu": JPEGs through NVIDIA DALI on the worker's
+# GPU (pipeline.job.gpu_decode), the rest as on "cpu".
+DECODE_DEVICES = ("cpu", "gpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +48,7 @@ class DecodeConfig:
             (--decode_threads).
         prefetch: images handed to the decoder threads ahead of the model.
         decode: the decoding function (importable by reference; tests swap in others).
+        device: one of DECODE_DEVICES (--decode_device); "gpu" needs NVIDIA DALI installed.
     """
 
     resize: str = RESIZE_MODES[0]
@@ -52,6 +57,7 @@ class DecodeConfig:
     threads: int = 1
     prefetch: int = 32
     decode: Callable = decode_image
+    device: str = DECODE_DEVICES[0]
 
     def __post_init__(self):
         if self.resize not in RESIZE_MODES:
@@ -70,6 +76,16 @@ class DecodeConfig:
             raise ConfigError(f"--decode_threads (threads) must be at least 1. Received: {self.threads}")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch (2 x --batch_size) must be at least 0. Received: {self.prefetch}")
+        if self.device not in DECODE_DEVICES:
+            raise ConfigError(
+                f"--decode_device (device) must be one of {'|'.join(DECODE_DEVICES)}. "
+                f"Received: {self.device!r}"
+            )
+        if self.device == "gpu":
+            try:
+                import_dali()
+            except DaliUnavailable as error:
+                raise ConfigError(f"--decode_device gpu: {error}, or use --decode_device cpu") from None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DecodeConfig:
@@ -83,6 +99,7 @@ class DecodeConfig:
             timeout_s=args.decode_timeout_s or None,
             threads=args.decode_threads,
             prefetch=2 * args.batch_size,
+            device=args.decode_device,
         )
 
 

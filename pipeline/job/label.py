@@ -13,6 +13,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from pipeline import METRICS_NAMESPACE
 from pipeline.contract import ERRORS, PREDICTIONS, error_row, prediction_rows
 from pipeline.job.decode import DecodeConfig, DecodeImage
+from pipeline.job.gpu_decode import GpuDecodeImage
 from pipeline.job.model_handler import VGG16ModelHandler
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,8 @@ class LabelImages(beam.PTransform):
         self._embeddings = embeddings
 
     def expand(self, images):
-        decoded = images | "Decode" >> beam.ParDo(DecodeImage(self._decode)).with_outputs(
-            ERRORS, main="pixels"
-        )
+        decoder = (GpuDecodeImage if self._decode.device == "gpu" else DecodeImage)(self._decode)
+        decoded = images | "Decode" >> beam.ParDo(decoder).with_outputs(ERRORS, main="pixels")
         results, failed = (
             decoded.pixels
             | "Infer" >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()

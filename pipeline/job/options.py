@@ -33,7 +33,7 @@ from apache_beam.utils import subprocess_server
 
 import vgg
 from pipeline import ConfigError, contract
-from pipeline.job.decode import ISOLATION_MODES, DecodeConfig
+from pipeline.job.decode import DECODE_DEVICES, ISOLATION_MODES, DecodeConfig
 from pipeline.job.model_handler import ModelConfig
 from pipeline.job.read.shards import INPUT_FORMATS, InputConfig
 from pipeline.storage import MAX_INPUT_BYTES, READ_TIMEOUT_S
@@ -266,6 +266,14 @@ class VGGOptions(PipelineOptions):
             default=DECODE_TIMEOUT_S,
             help="with --decode_isolation subprocess: an image that takes longer to decode becomes "
             "an errors row (error_type timeout); 0 for no limit",
+        )
+        group.add_argument(
+            "--decode_device",
+            choices=DECODE_DEVICES,
+            default=DECODE_DEVICES[0],
+            help="'gpu': decode and resize JPEGs in batches on the worker's GPU with NVIDIA DALI (the "
+            "'gpu-decode' extra); every image it cannot take (other formats, CMYK, broken files) goes "
+            "through the CPU decoder as with 'cpu', and a worker without a GPU decodes all on the CPU",
         )
         group.add_argument(
             "--max_input_bytes",

@@ -52,6 +52,16 @@ def test_missing_cuda_packages_reads_tensorflows_and_cuda_extra():
     assert gpu.missing_cuda_packages(requires[:2], version) == []
 
 
+def test_dali_missing_asks_for_the_gpu_decode_extras_distribution():
+    def version(name):
+        if name != "nvidia-dali-cuda120":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "2.4.0"
+
+    assert gpu.dali_missing(version) is False
+    assert gpu.dali_missing(lambda name: version("not " + name)) is True
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu")
@@ -85,7 +95,14 @@ def test_tiny_cpu_run_has_every_step_of_the_gpu_run(tiny_run):
         assert entry["precision"] == precision and list(entry["images_per_s"]) == ["1"]
         assert entry["images_per_s"]["1"] > 0 and entry["peak_device_memory_gib"] is None
     assert result["job"]["precision"] == "float32" and result["job"]["images"] == {"small": 2, "large": 4}
-    assert list(result["job"]["configs"]) == ["subprocess", "subprocess, --jit", "none", "none, --jit"]
+    assert list(result["job"]["configs"]) == [
+        "subprocess", "subprocess, --decode_device gpu", "subprocess, --jit", "none", "none, --jit"
+    ]  # fmt: skip
+    # Decoding alone: DALI's pipeline on the CPU took every JPEG of both sizes.
+    assert result["decode"]["device"] == "cpu" and list(result["decode"]["sizes"]) == ["640x480", "12mp"]
+    for entry in result["decode"]["sizes"].values():
+        assert entry["images"] == entry["dali_taken"] == 2
+        assert entry["dali_images_per_s"] > 0 and entry["sandbox_images_per_s"] > 0
     for entry in result["job"]["configs"].values():
         assert entry["wall_small_s"] > 0 and entry["wall_large_s"] > 0
         assert entry["memory"]["total_peak_rss_gib"] > 0 and entry["peak_gpu_memory_gib"] is None
@@ -98,5 +115,7 @@ def test_tiny_cpu_run_has_every_step_of_the_gpu_run(tiny_run):
         for label, e in result["job"]["configs"].items()
     }
     assert labels["subprocess"] == {"pipeline.run", "vgg.sandbox"} and labels["none"] == {"pipeline.run"}
+    # --decode_device gpu where DALI sees no GPU: the sandboxed CPU path, as without the flag.
+    assert labels["subprocess, --decode_device gpu"] == {"pipeline.run", "vgg.sandbox"}
     text = (folder / "results" / "gpu.txt").read_text()
     assert text in stdout and "TINY CPU RUN (--tiny_cpu): a check of the steps, not a figure" in text

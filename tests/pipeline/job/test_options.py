@@ -275,6 +275,7 @@ BAD_VALUES = {
     "--decode_isolation": ["thread"],
     "--decode_threads": ["0", "x"],
     "--decode_timeout_s": ["-1", "x"],
+    "--decode_device": ["tpu"],
     "--max_input_bytes": ["0", "x"],
     "--read_timeout_s": ["0", "-1", "nan", "x"],
 }
