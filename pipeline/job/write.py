@@ -12,9 +12,12 @@ import logging
 import os
 
 import apache_beam as beam
-from apache_beam.io.filesystem import BeamIOError
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import table as delta
 from pipeline.contract import (
@@ -30,6 +33,17 @@ from pipeline.job import failpoints
 from pipeline.storage import first_cause
 
 log = logging.getLogger(__name__)
+
+# How the data files are written. fc7 rows are 16 KiB each: smaller record batches keep a
+# writer's memory flat. fc7's floats are written without dictionary encoding (plain, zstd):
+# a dictionary of 4096 distinct floats a row never pays, and trying one cost more time
+# than the rest of the row and left larger files.
+PARQUET = {
+    "codec": "zstd",
+    "record_batch_size": {PREDICTIONS: 256, ERRORS: 1000},
+    "row_group_buffer_size": 64 * 1024 * 1024,  # WriteToParquet's default: one table per bundle or 64 MiB
+    "no_dictionary": ("fc7",),
+}
 
 
 def schemas(provenance: dict[str, str], *, embeddings: bool):
@@ -55,20 +69,131 @@ class WriteOutputs(beam.PTransform):
         self._token = token
 
     def expand(self, tables):
-        common = {"codec": "zstd", "file_name_suffix": SUFFIX, "shard_name_template": SHARD_TEMPLATE}
-        # fc7 rows are 16 KiB each: smaller record batches keep a writer's memory flat.
-        batch_rows = {PREDICTIONS: 256, ERRORS: 1000}
         return {
             table: tables[table]
             | f"Write{table.title()}"
-            >> WriteToParquet(
+            >> _WriteParquet(
                 delta.data_prefix(self._output, table, self._run, self._token),
                 self._schemas[table],
-                record_batch_size=batch_rows[table],
-                **common,
+                PARQUET["record_batch_size"][table],
             )
             for table in TABLES
         }
+
+
+class _WriteParquet(beam.PTransform):
+    """Rows -> Parquet data files under a prefix; the URIs written. Beam's WriteToParquet with PARQUET's
+    column encodings, which it does not take: rows to Arrow tables, then a file sink of those tables."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, batch: int):
+        super().__init__()
+        self._prefix = prefix
+        self._schema = schema
+        self._batch = batch
+
+    def expand(self, rows):
+        limit = PARQUET["row_group_buffer_size"]
+        return (
+            rows
+            | "ToArrow" >> beam.ParDo(_RowsToTables(self._schema, self._batch, limit))
+            | "Files" >> beam.io.Write(_ParquetSink(self._prefix, self._schema))
+        )
+
+
+class _RowsToTables(beam.DoFn):
+    """Row dicts -> Arrow tables of `batch`-row record batches; one per bundle or per `limit` bytes."""
+
+    def __init__(self, schema: pa.Schema, batch: int, limit: int):
+        self._schema = schema
+        self._batch = batch
+        self._limit = limit
+
+    def start_bundle(self):
+        self._rows: list[dict] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._bytes = 0
+
+    def process(self, row):
+        self._rows.append(row)
+        if len(self._rows) >= self._batch:
+            self._flush_rows()
+            if self._bytes >= self._limit:
+                yield self._table()
+
+    def finish_bundle(self):
+        if self._rows:
+            self._flush_rows()
+        if self._batches:
+            yield GlobalWindows.windowed_value(self._table())
+
+    def _flush_rows(self) -> None:
+        columns = [
+            pa.array([row[name] for row in self._rows], type=self._schema.field(name).type)
+            for name in self._schema.names
+        ]
+        batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        self._batches.append(batch)
+        self._bytes += batch.nbytes
+        self._rows = []
+
+    def _table(self) -> pa.Table:
+        table = pa.Table.from_batches(self._batches, schema=self._schema)
+        self._batches, self._bytes = [], 0
+        return table
+
+
+class _ParquetSink(FileBasedSink):
+    """Arrow tables -> one Parquet file per shard, zstd, fc7 without a dictionary (PARQUET)."""
+
+    def __init__(self, prefix: str, schema: pa.Schema):
+        super().__init__(
+            prefix,
+            coder=None,
+            file_name_suffix=SUFFIX,
+            num_shards=0,
+            shard_name_template=SHARD_TEMPLATE,
+            mime_type="application/x-parquet",
+            compression_type=CompressionTypes.UNCOMPRESSED,  # Parquet compresses its own pages
+        )
+        self._schema = schema
+
+    def open(self, temp_path):
+        handle = super().open(temp_path)
+        plain = PARQUET["no_dictionary"]
+        dictionary = [path for path in _leaf_paths(self._schema) if path.split(".")[0] not in plain]
+        writer = pq.ParquetWriter(
+            handle,
+            self._schema,
+            compression=PARQUET["codec"],
+            use_dictionary=dictionary,
+            # As WriteToParquet writes them: lists keep Arrow's element name ("item").
+            use_compliant_nested_type=False,
+            use_deprecated_int96_timestamps=False,
+        )
+        return handle, writer
+
+    def write_record(self, file_handle, value: pa.Table):
+        file_handle[1].write_table(value)
+
+    def close(self, file_handle):
+        handle, writer = file_handle
+        writer.close()
+        handle.close()
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Each Parquet column's dotted path (labels.list.item.wnid), as ParquetWriter names them."""
+
+    def walk(prefix: str, kind: pa.DataType):
+        if pa.types.is_struct(kind):
+            for field in kind:
+                yield from walk(f"{prefix}.{field.name}", field.type)
+        elif pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind) or pa.types.is_large_list(kind):
+            yield from walk(f"{prefix}.list.{kind.value_field.name}", kind.value_type)
+        else:
+            yield prefix
+
+    return [path for field in schema for path in walk(field.name, field.type)]
 
 
 class CommitRun(beam.PTransform):

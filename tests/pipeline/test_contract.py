@@ -125,6 +125,16 @@ def test_write_outputs_writes_both_tables_with_provenance(tmp_path, embeddings):
     for path in files["predictions"] + files["errors"]:
         assert read_provenance(path) == PROVENANCE
         assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
+    # fc7's floats are written plain (a dictionary of them never pays); every other column keeps
+    # Parquet's dictionary encoding.
+    group = pq.read_metadata(files["predictions"][0]).row_group(0)
+    dictionary = {
+        group.column(i).path_in_schema: "RLE_DICTIONARY" in group.column(i).encodings
+        for i in range(group.num_columns)
+    }
+    if embeddings:
+        assert dictionary.pop("fc7.list.item") is False
+    assert all(dictionary.values()), dictionary
 
 
 def test_output_checks_and_cleanup(tmp_path):
