@@ -15,6 +15,7 @@ import io
 import itertools
 import logging
 import os
+import queue
 import random
 import shutil
 import stat
@@ -221,11 +222,12 @@ def _read_head(uri: str, size: int) -> bytes:
 def within(timeout_s: float | None, call: Callable[[], T]) -> T:
     """`call()`, or ReadTimeout when it has not returned after timeout_s (None: no limit).
 
-    The call runs in a thread of its own. A read blocked in the kernel (a FIFO with no
-    writer, a hung network mount or connection) cannot be interrupted from Python, so a
-    timed-out call is left behind, blocked, in a daemon thread: it costs that thread and its
-    open handle, not the worker. This is also why a timed-out read is not retried: the next
-    attempt would most likely block just the same and leave one more thread behind.
+    The call runs on a reader thread (`_READERS`), not the caller's. A read blocked in the
+    kernel (a FIFO with no writer, a hung network mount or connection) cannot be interrupted
+    from Python, so a timed-out call is left behind, blocked, on its daemon thread: it costs
+    that thread and its open handle, not the worker. This is also why a timed-out read is
+    not retried: the next attempt would most likely block just the same and hold one more
+    thread.
 
     Raises:
         ReadTimeout: after timeout_s; whatever `call` raised, unchanged.
@@ -234,22 +236,50 @@ def within(timeout_s: float | None, call: Callable[[], T]) -> T:
         return call()
     done = threading.Event()
     outcome: list = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as error:  # handed to the caller's thread, whatever it is
-            outcome.append((False, error))
-        finally:
-            done.set()
-
-    threading.Thread(target=run, name="vgg16-read", daemon=True).start()
+    _READERS.submit(call, done, outcome)
     if not done.wait(timeout_s):
         raise ReadTimeout(f"no answer after {timeout_s:g} s (--read_timeout_s); left unread")
     ok, value = outcome[0]
     if not ok:
         raise value
     return value
+
+
+class _ReaderThreads:
+    """Daemon threads that run `within`'s calls, each kept for the next call once it is free.
+
+    Starting a thread per read costs more than many reads of a small file. A thread whose call
+    is blocked stays out of the idle list until the call returns, if ever; a caller that
+    finds no idle thread starts a new one, so a blocked read never holds up another.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._idle: list[queue.SimpleQueue] = []
+
+    def submit(self, call: Callable, done: threading.Event, outcome: list) -> None:
+        with self._lock:
+            tasks = self._idle.pop() if self._idle else None
+        if tasks is None:
+            tasks = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(tasks,), name="vgg16-read", daemon=True).start()
+        tasks.put((call, done, outcome))
+
+    def _serve(self, tasks: queue.SimpleQueue) -> None:
+        while True:
+            call, done, outcome = tasks.get()
+            try:
+                outcome.append((True, call()))
+            except BaseException as error:  # handed to the caller's thread, whatever it is
+                outcome.append((False, error))
+            finally:
+                with self._lock:
+                    self._idle.append(tasks)
+                done.set()
+                del call, done, outcome  # an idle thread keeps nothing of its last call
+
+
+_READERS = _ReaderThreads()
 
 
 def is_local(uri: str) -> bool:

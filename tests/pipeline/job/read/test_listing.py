@@ -264,6 +264,30 @@ def test_a_fifo_opened_through_a_filesystem_times_out(tmp_path):
         os.close(writer)
 
 
+def test_reads_reuse_their_threads_and_a_blocked_one_holds_up_nothing():
+    from pipeline import storage
+
+    # One call after another: one reader thread does them all (no thread started per read).
+    # (Thread objects, kept alive here, so that no identity is reused.)
+    threads = [storage.within(5, threading.current_thread) for _ in range(20)]
+    assert len({id(thread) for thread in threads}) == 1 and threads[0] is not threading.current_thread()
+    gate = threading.Event()
+    try:
+        with pytest.raises(storage.ReadTimeout):
+            storage.within(0.2, gate.wait)  # blocks its thread until the gate opens
+        # The blocked thread is not handed the next call: another answers at once.
+        start = time.monotonic()
+        assert storage.within(5, threading.current_thread) not in (threading.current_thread(), threads[0])
+        assert time.monotonic() - start < 4
+    finally:
+        gate.set()
+    # And calls after it still start no thread of their own.
+    readers = sum(thread.name == "vgg16-read" for thread in threading.enumerate())
+    for _ in range(20):
+        storage.within(5, threading.get_ident)
+    assert sum(thread.name == "vgg16-read" for thread in threading.enumerate()) == readers
+
+
 def test_classify_the_new_permanent_errors():
     assert classify(OSError(errno.ELOOP, "Too many levels of symbolic links")) == "symlink_loop"
     assert classify(IsADirectoryError(errno.EISDIR, "Is a directory")) == "not_a_file"
