@@ -53,35 +53,60 @@ def _peak_device_memory(tf) -> dict:
 
 
 def bench_model(
-    weights: str, batch_sizes: list[int], precision: str, seconds: float, jit: bool = False
+    weights: str,
+    batch_sizes: list[int],
+    precision: str,
+    seconds: float,
+    jit: bool = False,
+    conv_batches: tuple[str, ...] = ("auto", "whole"),
 ) -> dict:
     """Images/s per batch size (at least two calls each, after one warm-up call), plus load time.
 
-    Also the peak GPU memory per batch size when the model runs on a GPU (None on CPU).
+    Each batch size runs with each of conv_batches ("auto": the Predictor's default, as the
+    job runs it; "whole": the convolutions on the whole batch; or a number of images), one
+    model at a time; a batch size's rate is the fastest of them (the bare model at its best),
+    and each one's rates are kept. Also the peak GPU memory per batch size when the model
+    runs on a GPU (None on CPU).
     """
+    import gc
+
     import numpy as np
     import tensorflow as tf
 
     from vgg.inference import Predictor
 
-    start = time.perf_counter()
-    predictor = Predictor(weights, precision=precision, jit=jit)
-    load_s = time.perf_counter() - start
     memory = _peak_device_memory(tf)
     rng = np.random.default_rng(0)
-    rates, peaks = {}, {}
-    for batch in batch_sizes:
-        images = rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        memory["reset"]()
-        predictor(images)  # warm-up: the first call traces (and on a GPU autotunes) the graph
-        done, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or done < 2 * batch:
-            predictor(images)  # returns NumPy arrays: each call waits for the device
-            done += batch
-        rates[batch] = done / (time.perf_counter() - start)
-        peaks[batch] = memory["read"]()
-        if predictor.max_batch_size and predictor.max_batch_size < batch:
-            rates[batch] = None  # out of device memory: what ran was smaller batches
+    by_conv: dict[str, dict[int, float | None]] = {}
+    peaks: dict[int, float | None] = {}
+    load_s, device, conv_labels = None, None, {}
+    for conv in conv_batches:
+        start = time.perf_counter()
+        setting = {"whole": None, "auto": "auto"}[conv] if conv in ("whole", "auto") else int(conv)
+        predictor = Predictor(weights, precision=precision, jit=jit, conv_batch=setting)
+        load_s = time.perf_counter() - start if load_s is None else min(load_s, time.perf_counter() - start)
+        device = predictor.device
+        label = "whole" if predictor.conv_batch is None else str(predictor.conv_batch)
+        if label in conv_labels.values():  # "auto" is "whole" on a GPU: measured once
+            continue
+        conv_labels[conv] = label
+        rates = by_conv[conv] = {}
+        for batch in batch_sizes:
+            images = rng.integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            memory["reset"]()
+            predictor(images)  # warm-up: the first call traces (and on a GPU autotunes) the graph
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds or done < 2 * batch:
+                predictor(images)  # returns NumPy arrays: each call waits for the device
+                done += batch
+            rates[batch] = done / (time.perf_counter() - start)
+            peak = memory["read"]()
+            peaks[batch] = peak if peaks.get(batch) is None else max(peaks[batch], peak or 0.0)
+            if predictor.max_batch_size and predictor.max_batch_size < batch:
+                rates[batch] = None  # out of device memory: what ran was smaller batches
+        del predictor
+        gc.collect()
+    rates = {b: max((r[b] for r in by_conv.values() if r[b]), default=None) for b in batch_sizes}
     measured = [r for r in rates.values() if r]
     best = max(measured) if measured else 0.0
     return {
@@ -89,10 +114,11 @@ def bench_model(
         "jit": jit,
         "load_s": load_s,
         "images_per_s": rates,
+        "by_conv_batch": {conv_labels[c]: r for c, r in by_conv.items()},
         "best": best,
         "gflop_per_s": best * FLOPS_PER_IMAGE / 1e9,
         "peak_device_memory_gib": peaks if any(p is not None for p in peaks.values()) else None,
-        "device": predictor.device,
+        "device": device,
     }
 
 
@@ -105,10 +131,15 @@ def fastest(runs: list[dict]) -> dict:
     }
     best = max((r for r in rates.values() if r), default=0.0)
     peaks = [r["peak_device_memory_gib"] for r in runs if r["peak_device_memory_gib"] is not None]
+    by_conv = {
+        conv: {b: max((r["by_conv_batch"][conv][b] or 0.0 for r in runs), default=0.0) or None for b in sizes}
+        for conv in runs[0].get("by_conv_batch", {})
+    }
     return {
         **runs[0],
         "load_s": min(r["load_s"] for r in runs),
         "images_per_s": rates,
+        "by_conv_batch": by_conv,
         "best": best,
         "gflop_per_s": best * FLOPS_PER_IMAGE / 1e9,
         "peak_device_memory_gib": {b: max(p[b] or 0.0 for p in peaks) for b in sizes} if peaks else None,
@@ -139,6 +170,9 @@ def in_subprocess(
         raise RuntimeError(f"the bare-model run ({precision}) failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["images_per_s"] = {int(b): r for b, r in result["images_per_s"].items()}
+    result["by_conv_batch"] = {
+        conv: {int(b): r for b, r in rates.items()} for conv, rates in result["by_conv_batch"].items()
+    }
     if result["peak_device_memory_gib"] is not None:
         result["peak_device_memory_gib"] = {int(b): m for b, m in result["peak_device_memory_gib"].items()}
     return result

@@ -13,6 +13,12 @@ FC7_DIM = 4096  # the width of fc7, the embedding
 # policy that vgg.model gives every layer (weights stored and computed in it).
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
+# Images per slice of the convolutions on a CPU (vgg.inference.Predictor's conv_batch="auto").
+# The activations of the first blocks grow with the images convolved at once (conv1's output
+# is 12.8 MB per image in float32); the dense layers still see the whole batch, so fc6's
+# weights are read once per batch. On a GPU the whole batch is convolved at once.
+CPU_CONV_BATCH = 4
+
 # The ImageNet mean in RGB order, subtracted inside the graph as the 2016 seed did.
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 

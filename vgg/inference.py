@@ -9,8 +9,8 @@ import threading
 import numpy as np
 
 from vgg._tensorflow import tf
-from vgg.architecture import FC7_DIM, IMAGE_SIZE, NUM_CLASSES, PRECISIONS
-from vgg.model import load_vgg16
+from vgg.architecture import CPU_CONV_BATCH, FC7_DIM, IMAGE_SIZE, NUM_CLASSES, PRECISIONS
+from vgg.model import load_vgg16, split_model
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,10 @@ class Predictor:
       jit: compile with XLA.
       max_batch_size: largest batch sent to the device at once; halved and remembered
         whenever the device runs out of memory.
+      conv_batch: images convolved at once within a batch (the dense layers always see
+        the whole batch): a positive int, None for the whole batch, or "auto" (the
+        default): CPU_CONV_BATCH on a CPU, the whole batch on a GPU or with jit. Outputs
+        do not depend on it; memory does.
     """
 
     def __init__(
@@ -84,24 +88,63 @@ class Predictor:
         sha256: str | None = None,
         jit: bool = False,
         max_batch_size: int | None = None,
+        conv_batch: int | str | None = "auto",
     ):
         self.device = configure_devices()
+        if conv_batch == "auto":
+            # XLA (jit) compiles the whole batch as one program, the loop below included, and
+            # aborts the process on it: XLA's models convolve the whole batch at once.
+            conv_batch = None if jit or self.device.startswith("GPU") else CPU_CONV_BATCH
+        elif jit and conv_batch is not None:
+            raise ValueError(f"conv_batch cannot be combined with jit. Received: conv_batch={conv_batch!r}")
+        if conv_batch is not None and (isinstance(conv_batch, bool) or not isinstance(conv_batch, int)
+                                       or conv_batch < 1):  # fmt: skip
+            raise ValueError(f"conv_batch must be a positive int, 'auto' or None. Received: {conv_batch!r}")
         self.precision = precision
+        self.conv_batch = conv_batch
         self.model, self.weights = load_vgg16(weights, sha256=sha256, precision=precision)
         self.max_batch_size = max_batch_size
+        if conv_batch is None:
+            forward = self._whole
+        else:
+            self._features, self._head = split_model(self.model)
+            forward = self._in_slices
         self._forward = tf.function(
-            lambda images: self.model(images, training=False),
+            forward,
             input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)],
             jit_compile=jit,
         )
         log.info(
-            "VGG16 ready on %s: weights %s (sha256 %s%s), precision %s",
+            "VGG16 ready on %s: weights %s (sha256 %s%s), precision %s, convolutions %s",
             self.device,
             self.weights.name,
             self.weights.sha256[:12],
             ", UNTRAINED" if self.weights.untrained else "",
             precision,
+            "on the whole batch" if conv_batch is None else f"{conv_batch} images at a time",
         )
+
+    def _whole(self, images):
+        return self.model(images, training=False)
+
+    def _in_slices(self, images):
+        # The convolutions run conv_batch images at a time, one slice after the other
+        # (parallel_iterations=1: never two slices' activations at once), and the dense
+        # layers once on the whole batch: fc6's 411 MB of weights are read once per batch.
+        size = tf.shape(images)[0]
+        step = self.conv_batch
+        count = (size + step - 1) // step
+        features = tf.TensorArray(self._features.output.dtype, size=count, infer_shape=False)
+
+        def body(index, features):
+            sliced = images[index * step : (index + 1) * step]
+            return index + 1, features.write(index, self._features(sliced, training=False))
+
+        _, features = tf.while_loop(
+            lambda index, _: index < count, body, (tf.constant(0), features), parallel_iterations=1
+        )
+        flat = tf.ensure_shape(features.concat(), [None, self._features.output.shape[-1]])
+        return self._head(flat, training=False)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Runs a (N, 224, 224, 3) uint8 batch; returns float32 (N, 1000) and (N, 4096)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable
 
 import numpy as np
@@ -151,9 +152,41 @@ def build_vgg16(
     return model
 
 
+def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(features, head) of a model from `build_vgg16`, sharing its layers and weights.
+
+    features maps images to the flattened pool5 output (the convolutions: almost all of the
+    work and all of the large activations); head maps that to the model's outputs (the dense
+    layers: almost all of the weights). head(features(x)) is model(x), layer for layer.
+    """
+    flat = model.get_layer("flatten").output
+    features = keras.Model(model.input, flat, name="vgg16_features")
+    x = head_input = keras.Input(flat.shape[1:], dtype=flat.dtype, name="features")
+    for name, _ in DENSE_LAYERS[:-1]:
+        x = model.get_layer(name)(x)
+    probs = model.get_layer("prob")(model.get_layer(DENSE_LAYERS[-1][0])(x))
+    outputs = {"probs": probs, "fc7": model.get_layer("fc7_float32")(x)}
+    return features, keras.Model(head_input, outputs, name="vgg16_head")
+
+
 def load_vgg16(
     source: str, *, sha256: str | None = None, precision: str = PRECISIONS[0], input_dtype: str = "uint8"
 ) -> tuple[keras.Model, WeightsInfo]:
     """Builds VGG16 straight from a weights file (path or "imagenet"), checked in full first."""
     layers, info = stream_weights(source, sha256=sha256, block_bytes=BLOCK_BYTES)
-    return build_vgg16(precision=precision, input_dtype=input_dtype, weights=layers), info
+    model = build_vgg16(precision=precision, input_dtype=input_dtype, weights=layers)
+    release_freed_memory()
+    return model, info
+
+
+def release_freed_memory() -> None:
+    """Hands memory that malloc keeps after frees back to the system (glibc's malloc_trim).
+
+    Loading frees one BLOCK_BYTES block after another; glibc keeps such blocks for reuse
+    (its mmap threshold rises to the size of the first one freed), which a worker would hold
+    for the rest of its life. Elsewhere than glibc this does nothing.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc (musl, macOS): nothing to trim this way
+        pass

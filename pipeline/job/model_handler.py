@@ -56,6 +56,8 @@ class ModelConfig:
         share_model: one copy per machine for all SDK processes (Beam's large_model).
         model_copies: this many copies per machine, shared by all SDK processes (Beam's
             model_copies; None: one per process, or one per machine with share_model).
+        conv_batch: images convolved at once within a batch (--conv_batch; None: the
+            Predictor's "auto", vgg.inference.CPU_CONV_BATCH on a CPU, the whole batch on a GPU).
     """
 
     weights: str
@@ -66,6 +68,7 @@ class ModelConfig:
     max_batch_size: int = 32
     share_model: bool = False
     model_copies: int | None = None
+    conv_batch: int | None = None
 
     def __post_init__(self):
         if not self.weights:
@@ -83,6 +86,16 @@ class ModelConfig:
             raise ConfigError(
                 "--min_batch_size must be between 1 and --batch_size; leave it out for full batches. "
                 f"Received: min_batch_size={self.min_batch_size}, max_batch_size={self.max_batch_size}"
+            )
+        if self.conv_batch is not None and self.conv_batch < 1:
+            raise ConfigError(
+                "--conv_batch must be at least 1: the images convolved at once; leave it out for the "
+                f"device's default. Received: {self.conv_batch}"
+            )
+        if self.conv_batch is not None and self.jit:
+            raise ConfigError(
+                "--conv_batch cannot be combined with --jit: XLA convolves the whole batch at once. "
+                f"Received: --conv_batch {self.conv_batch} --jit"
             )
         if self.model_copies is not None and self.model_copies < 1:
             raise ConfigError(
@@ -108,6 +121,7 @@ class ModelConfig:
             max_batch_size=args.batch_size,
             share_model=args.share_model,
             model_copies=args.model_copies,
+            conv_batch=args.conv_batch,
         )
 
 
@@ -160,6 +174,7 @@ class VGG16ModelHandler(ModelHandler[np.ndarray, PredictionResult, Any]):
             precision=self.config.precision,
             jit=self.config.jit,
             max_batch_size=self.config.max_batch_size,
+            conv_batch="auto" if self.config.conv_batch is None else self.config.conv_batch,
         )
 
     def run_inference(

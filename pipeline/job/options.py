@@ -37,7 +37,7 @@ from pipeline.job.decode import DECODE_DEVICES, ISOLATION_MODES, DecodeConfig
 from pipeline.job.model_handler import ModelConfig
 from pipeline.job.read.shards import INPUT_FORMATS, InputConfig
 from pipeline.storage import MAX_INPUT_BYTES, READ_TIMEOUT_S
-from vgg.architecture import NUM_CLASSES, PRECISIONS
+from vgg.architecture import CPU_CONV_BATCH, NUM_CLASSES, PRECISIONS
 from vgg.preprocess import RESIZE_MODES
 from vgg.sandbox import DECODE_TIMEOUT_S
 from vgg.weights import WeightsInfo
@@ -212,6 +212,14 @@ class VGGOptions(PipelineOptions):
             default=False,
             help="one model per machine, shared by all SDK processes (Beam's large_model), "
             "instead of one per process: for GPU workers with many vCPUs",
+        )
+        group.add_argument(
+            "--conv_batch",
+            type=int,
+            default=None,
+            help="images convolved at once within a batch (the dense layers see the whole batch); "
+            f"fewer use less memory for the same outputs; default: {CPU_CONV_BATCH} on a CPU, the whole "
+            "batch on a GPU",
         )
         group.add_argument(
             "--model_copies",

@@ -180,3 +180,32 @@ def test_loading_holds_one_copy_of_the_weights(npz_path):
     )
     growth = json.loads(done.stdout.strip().splitlines()[-1])["growth"]
     assert 553e6 < growth < 900e6, growth
+
+
+_LOADED = """if True:
+    import json, sys
+    import vgg.model
+
+    if sys.argv[2] == "keep":  # what loading held before it handed freed blocks back
+        vgg.model.release_freed_memory = lambda: None
+    vgg.model.load_vgg16(sys.argv[1])
+    with open("/proc/self/status") as status:
+        print(json.dumps(next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))))
+"""
+
+
+def test_loading_hands_its_freed_blocks_back(npz_path):
+    # fill_weights frees one 16 MB block after another; glibc keeps freed blocks of that size
+    # for reuse unless told to give them back. A fresh process each, on the CPU.
+    rss = {}
+    for mode in ("keep", "release"):
+        done = subprocess.run(
+            [sys.executable, "-c", _LOADED, npz_path, mode],
+            cwd=REPO,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rss[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rss["keep"] - rss["release"] > 16 * 2**20, rss

@@ -27,6 +27,10 @@ def test_config_is_validated_where_it_is_made():
         ModelConfig("w.npz", min_batch_size=1, max_batch_size=0)
     with pytest.raises(ConfigError, match="^no weights: pass --weights FILE"):
         ModelConfig("")
+    with pytest.raises(ConfigError, match=r"^--conv_batch must be at least 1.*Received: 0$"):
+        ModelConfig("w.npz", conv_batch=0)
+    with pytest.raises(ConfigError, match=r"^--conv_batch cannot be combined with --jit"):
+        ModelConfig("w.npz", conv_batch=2, jit=True)
     assert issubclass(ConfigError, ValueError)  # what a Python caller may catch
 
 
@@ -40,9 +44,31 @@ def test_config_from_args_fills_in_full_batches():
     )
     args.min_batch_size = 2
     assert ModelConfig.from_args(args).min_batch_size == 2
+    assert ModelConfig.from_args(args).conv_batch is None  # the device's default
+    args.conv_batch = 4
+    assert ModelConfig.from_args(args).conv_batch == 4
     args.batch_size = 0
     with pytest.raises(ConfigError, match="--batch_size"):
         ModelConfig.from_args(args)
+
+
+@pytest.mark.parametrize(("conv_batch", "want"), [(None, "auto"), (3, 3)])
+def test_the_loaded_model_gets_the_config(monkeypatch, tmp_path, conv_batch, want):
+    import vgg.inference
+
+    made = {}
+
+    def fake_predictor(weights, **kwargs):
+        made.update(kwargs, weights=weights)
+        return "model"
+
+    monkeypatch.setattr(vgg.inference, "Predictor", fake_predictor)
+    weights = tmp_path / "w.npz"
+    weights.write_bytes(b"")
+    config = ModelConfig(str(weights), precision="bfloat16", max_batch_size=8, conv_batch=conv_batch)
+    assert VGG16ModelHandler(config).load_model() == "model"
+    assert made["conv_batch"] == want
+    assert (made["precision"], made["max_batch_size"]) == ("bfloat16", 8)
 
 
 @pytest.mark.beam_version

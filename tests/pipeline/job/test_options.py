@@ -271,6 +271,7 @@ BAD_VALUES = {
     "--batch_size": ["0", "-1", "x"],
     "--min_batch_size": ["0", "17", "1.5"],
     "--model_copies": ["0", "x"],
+    "--conv_batch": ["0", "x"],
     "--max_error_fraction": ["2", "-0.1", "nan", "x"],
     "--decode_isolation": ["thread"],
     "--decode_threads": ["0", "x"],
