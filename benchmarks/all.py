@@ -3,7 +3,7 @@
     python -m benchmarks.all                       # about 70 minutes on an idle 2-core (AVX2) machine
     python -m benchmarks.all --only decode,pca     # some of them
 
-Writes benchmarks/results/{decode,bench,index_recall,pca,near_duplicates,shards}.{json,txt} and
+Writes benchmarks/results/{decode,decoders,bench,index_recall,pca,near_duplicates,shards}.{json,txt} and
 throughput_vs_batch.png, each written by its own benchmark, untouched. Run it on a
 machine that is otherwise idle: the figures are rates. The GPU run is its own command
 (`python -m benchmarks.gpu`), on a GPU machine.
@@ -23,13 +23,15 @@ WEIGHTS = "vgg16_untrained.npz"  # in --out; what the bench synthesizes, and nea
 # name -> (module and its arguments, minutes on an idle 2-core AVX2 machine, as the committed runs took)
 STEPS = {
     "decode": (["benchmarks.decode"], 1),
+    "decoders": (["benchmarks.decoders"], 3),
     "bench": (["benchmarks.bench"], 50),
     "index_recall": (["benchmarks.index_recall", "--suite"], 9),
     "pca": (["benchmarks.pca"], 3),
     "near_duplicates": (["benchmarks.near_duplicates", "--weights", "{out}/" + WEIGHTS], 1),
     "shards": (["benchmarks.shards", "--weights", "{out}/" + WEIGHTS], 6),
+    "host_path": (["benchmarks.host_path", "--weights", "{out}/" + WEIGHTS], 3),
 }
-TAKES_OUT = ("decode", "bench", "shards")  # the steps with a scratch folder
+TAKES_OUT = ("decode", "decoders", "bench", "shards")  # the steps with a scratch folder
 
 
 def argv_for(name: str, out: str, results_dir: str) -> list[str]:
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    if {"near_duplicates", "shards"} & set(steps) and not os.path.exists(os.path.join(args.out, WEIGHTS)):
+    needs_weights = {"near_duplicates", "shards", "host_path"} & set(steps)
+    if needs_weights and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(
             [sys.executable, "-m", "vgg.weights", "synth", "--format", "npz", "--seed", "0", "--out",

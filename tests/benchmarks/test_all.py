@@ -17,6 +17,10 @@ def test_all_runs_each_step_with_relative_paths():
     assert run_all.argv_for("bench", "output/bench", results.RESULTS)[-4:] == [
         "--results", "benchmarks/results", "--out", "output/bench",
     ]  # fmt: skip
+    # The decoder comparison synthesizes the same weights into the scratch folder it is given.
+    assert run_all.argv_for("decoders", "output/bench", results.RESULTS)[1:] == [
+        "-m", "benchmarks.decoders", "--results", "benchmarks/results", "--out", "output/bench",
+    ]  # fmt: skip
     # The shards benchmark labels with the same synthesized weights, in its own scratch folder.
     assert run_all.argv_for("shards", "output/bench", results.RESULTS)[1:] == [
         "-m", "benchmarks.shards", "--weights", "output/bench/vgg16_untrained.npz",
@@ -27,6 +31,6 @@ def test_all_runs_each_step_with_relative_paths():
     )
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
-        "python -m benchmarks.all: error: unknown step 'nope'; the steps are decode, bench, index_recall, "
-        "pca, near_duplicates, shards"
+        "python -m benchmarks.all: error: unknown step 'nope'; the steps are decode, decoders, bench, "
+        "index_recall, pca, near_duplicates, shards, host_path"
     )
