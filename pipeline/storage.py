@@ -216,7 +216,32 @@ def read_bytes(
 
 def _read_head(uri: str, size: int) -> bytes:
     with open_input(uri, CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read(size)
+        return read_up_to(handle, size)
+
+
+def read_up_to(handle, size: int) -> bytes:
+    """At most size bytes of a binary file object, from where it stands.
+
+    A file's `read(size)` would set aside a buffer of size bytes before reading one (for a
+    limit of hundreds of MB, that costs more than reading a photo): a local file is read
+    with one buffer of its own size, anything else in reads that grow with what arrives.
+    """
+    try:
+        first = min(size, os.fstat(handle.fileno()).st_size + 1)  # + 1: whether it grew, or ends
+    except (AttributeError, OSError, io.UnsupportedOperation):  # not a local file
+        first = min(size, _FIRST_READ_BYTES)
+    chunks, total, step = [], 0, first
+    while total < size:
+        chunk = handle.read(min(step, size - total))
+        if not chunk:  # the end (a shorter read need not be: raw streams may answer in parts)
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        step = max(step, 4 * len(chunk))
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+_FIRST_READ_BYTES = 1 << 20
 
 
 def within(timeout_s: float | None, call: Callable[[], T]) -> T:

@@ -264,6 +264,37 @@ def test_a_fifo_opened_through_a_filesystem_times_out(tmp_path):
         os.close(writer)
 
 
+class _Trickle(io.RawIOBase):
+    """A stream of data that answers each read with at most 1000 bytes, and has no fileno."""
+
+    def __init__(self, data: bytes):
+        self._data = memoryview(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        part = self._data[: min(len(buffer), 1000)]
+        buffer[: len(part)] = part
+        self._data = self._data[len(part) :]
+        return len(part)
+
+
+@pytest.mark.parametrize("length", [0, 1, 999, 1000, 1001, 3 * 2**20 + 7])
+def test_read_up_to_gives_at_most_the_limit_whatever_the_file(tmp_path, length):
+    from pipeline.storage import read_up_to
+
+    data = os.urandom(length)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    for limit in (0, 1, 1000, length, length + 1, 10 * 2**20):
+        with open(path, "rb") as handle:  # local: one buffer of the file's size
+            assert read_up_to(handle, limit) == data[:limit], (length, limit)
+        # No fileno, short reads: reads that grow until the limit or the end.
+        assert read_up_to(io.BufferedReader(_Trickle(data)), limit) == data[:limit], (length, limit)
+        assert read_up_to(_Trickle(data), limit) == data[:limit], (length, limit)
+
+
 def test_reads_reuse_their_threads_and_a_blocked_one_holds_up_nothing():
     from pipeline import storage
 
