@@ -3,9 +3,9 @@
     python -m benchmarks.all                       # about 70 minutes on an idle 2-core (AVX2) machine
     python -m benchmarks.all --only decode,pca     # some of them
 
-Writes benchmarks/results/{decode,decoders,bench,index_recall,pca,near_duplicates,shards}.{json,txt} and
-throughput_vs_batch.png, each written by its own benchmark, untouched. Run it on a
-machine that is otherwise idle: the figures are rates. The GPU run is its own command
+Writes benchmarks/results/{decode,decoders,bench,index_recall,pca,near_duplicates,shards,host_path,
+memory_budget}.{json,txt} and throughput_vs_batch.png, each written by its own benchmark,
+untouched. Run it on a machine that is otherwise idle: the figures are rates. The GPU run is its own command
 (`python -m benchmarks.gpu`), on a GPU machine.
 """
 
@@ -20,6 +20,8 @@ import time
 from benchmarks import results
 
 WEIGHTS = "vgg16_untrained.npz"  # in --out; what the bench synthesizes, and near_duplicates reads
+# The host path's "before": the last revision before its fixes (issue 20), measured beside the code.
+HOST_PATH_BEFORE = "74bd981"
 # name -> (module and its arguments, minutes on an idle 2-core AVX2 machine, as the committed runs took)
 STEPS = {
     "decode": (["benchmarks.decode"], 1),
@@ -29,9 +31,13 @@ STEPS = {
     "pca": (["benchmarks.pca"], 3),
     "near_duplicates": (["benchmarks.near_duplicates", "--weights", "{out}/" + WEIGHTS], 1),
     "shards": (["benchmarks.shards", "--weights", "{out}/" + WEIGHTS], 6),
-    "host_path": (["benchmarks.host_path", "--weights", "{out}/" + WEIGHTS], 3),
+    "host_path": (
+        ["benchmarks.host_path", "--weights", "{out}/" + WEIGHTS, "--baseline", HOST_PATH_BEFORE],
+        6,
+    ),
+    "memory_budget": (["benchmarks.memory_budget", "--weights", "{out}/" + WEIGHTS], 2),
 }
-TAKES_OUT = ("decode", "decoders", "bench", "shards")  # the steps with a scratch folder
+TAKES_OUT = ("decode", "decoders", "bench", "shards", "memory_budget")  # the steps with a scratch folder
 
 
 def argv_for(name: str, out: str, results_dir: str) -> list[str]:
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    needs_weights = {"near_duplicates", "shards", "host_path"} & set(steps)
+    needs_weights = {"near_duplicates", "shards", "host_path", "memory_budget"} & set(steps)
     if needs_weights and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(
