@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Received: {args.images}, {args.rounds}, {args.breakdown_images}"
         )
     args.out = os.path.abspath(args.out)
+    if args.weights:  # the jobs run elsewhere too (the baseline's worktree)
+        args.weights = os.path.abspath(args.weights)
     print(STAND_IN, flush=True)
     # The launcher checks a weights file; the stand-in never reads it, so untrained ones do.
     args.weights, _, weights_info = bench.prepare_weights(args.out, args.weights, for_peers=False)

@@ -78,7 +78,8 @@ def test_quick_run_writes_figures_and_every_row(tmp_path, npz_path):
 
 @pytest.mark.slow
 def test_baseline_is_measured_beside(tmp_path, npz_path):
-    found, _ = host_path(tmp_path, npz_path, "--baseline", "HEAD")
+    # The weights named relative to where the command runs: the baseline's jobs run in its worktree.
+    found, _ = host_path(tmp_path, os.path.relpath(npz_path, REPO), "--baseline", "HEAD")
     before = found["before"]
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     assert before["revision"] == head.stdout.strip()
