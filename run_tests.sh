@@ -52,8 +52,10 @@ if [ "$fast" = 0 ]; then
   fi
 fi
 # The main venv also gets Hugging Face datasets (the interop-hf extra), which Beam 2.62 cannot
-# live beside: .venv-flink goes without it.
-ensure_venv test,interop-hf
+# live beside, and NVIDIA DALI (gpu-decode, about 1 GB; its pipelines run on the CPU too, so the
+# GPU decode path is tested here): .venv-flink, which runs only the flink and beam_version
+# tiers, goes without both.
+ensure_venv test,interop-hf,gpu-decode
 echo "==> ruff"
 "$(dirname "$PY")/ruff" check .
 if [ "$fast" = 1 ]; then

@@ -73,8 +73,8 @@ setup(
             "mkdocs>=1.6,<2",
             *INTEROP,
             *DUCKDB_DELTA,
-            # DALI's pipelines run on the CPU too: the GPU decode path is tested without a GPU.
-            DALI,
+            # benchmarks/decoders.py compares it with Pillow (tests/benchmarks/test_decoders.py).
+            "simplejpeg>=1.7",
         ],
     },
     entry_points={

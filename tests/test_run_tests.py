@@ -52,7 +52,7 @@ def checkout(tmp_path):
     setup = (REPO / "setup.py").read_bytes()
     constraints = (REPO / "scripts" / "constraints-flink.txt").read_bytes()
     for venv, name, beam, extras, stamped in (
-        (".venv", "MAIN", "2.77.0", "test,interop-hf", setup),
+        (".venv", "MAIN", "2.77.0", "test,interop-hf,gpu-decode", setup),
         (".venv-flink", "FLINK", "2.62.0", "test", setup + constraints),
     ):
         bin_dir = tmp_path / venv / "bin"

@@ -33,7 +33,9 @@ CLASS_INDEX = "vgg/data/imagenet_class_index.json"
 IMAGE = f"vgg16-beam-gpu:{vgg.__version__}"  # the tag the README's build command gives
 NOT_SOURCES = (
     ".git",
-    ".venv",
+    ".venv*",
+    ".flink",
+    "site",
     "*.egg-info",
     "build",
     "dist",
