@@ -9,7 +9,8 @@
 #                                     flink tests and the beam_version tests (code that depends on
 #                                     the Beam release, so it is checked at both ends of the range).
 #                                  It also installs Apache Flink and builds Beam's Flink job server
-#                                  (cached in .flink/), and Debian's chromium for the HTML report's
+#                                  (cached in .flink/), builds Beam's Prism runner with Go (cached in
+#                                  .prism/) for the --watch tests, and installs Debian's chromium for the HTML report's
 #                                  browser test, and makes .venv-autofaiss (autofaiss, which needs
 #                                  numpy < 2: scripts/requirements-autofaiss.txt) for the test that
 #                                  runs it. The exit status is non-zero if either run fails.
@@ -56,6 +57,12 @@ fi
 # GPU decode path is tested here): .venv-flink, which runs only the flink and beam_version
 # tiers, goes without both.
 ensure_venv test,interop-hf,gpu-decode
+if [ "$fast" = 0 ]; then
+  # Beam's Prism runner, for .venv's Beam, for the --watch tests (tests/pipeline/test_watch.py),
+  # built with Go once (cached in .prism/).
+  source scripts/prism_setup.sh
+  ensure_prism
+fi
 echo "==> ruff"
 "$(dirname "$PY")/ruff" check .
 if [ "$fast" = 1 ]; then

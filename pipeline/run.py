@@ -6,9 +6,11 @@ python -m pipeline.run --input 'photos/**/*.jpg' --output out/ --weights vgg16_w
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -16,14 +18,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import apache_beam as beam  # noqa: E402
 from apache_beam.io.filesystems import FileSystems  # noqa: E402
+from apache_beam.options.pipeline_options import StandardOptions  # noqa: E402
+from apache_beam.runners.runner import PipelineState  # noqa: E402
 
 from pipeline import ConfigError, contract, logs, storage  # noqa: E402
 from pipeline import table as delta  # noqa: E402
-from pipeline.job import failpoints, options, resume, write  # noqa: E402
+from pipeline.job import failpoints, options, resume, watch, write  # noqa: E402
 from pipeline.job.decode import DecodeConfig  # noqa: E402
 from pipeline.job.label import LabelImages  # noqa: E402
 from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler  # noqa: E402
-from pipeline.job.read import shards  # noqa: E402
+from pipeline.job.read import files, shards  # noqa: E402
 from pipeline.job.summary import JobFailed, summarize  # noqa: E402
 from pipeline.storage import stage_weights  # noqa: E402
 from vgg.weights import WeightsError, WeightsInfo, describe_weights  # noqa: E402
@@ -36,7 +40,10 @@ USAGE_ERRORS = (ConfigError, WeightsError, storage.InputError, write.OutputError
 def check_launch(args) -> WeightsInfo:
     """Everything a user can get wrong, checked before anything is submitted or written."""
     info = describe_weights(stage_weights(args.weights), sha256=args.weights_sha256)
-    shards.check_inputs(shards.InputConfig.from_args(args))
+    if args.watch:  # the files are still to come: the patterns need only be listable
+        files.check_patterns([files.absolute(pattern) for pattern in args.input], allow_empty=True)
+    else:
+        shards.check_inputs(shards.InputConfig.from_args(args))
     write.check_output_writable(args.output)
     return info
 
@@ -70,6 +77,34 @@ def build_pipeline(
     written | "Commit" >> write.CommitRun(commit, s3)
 
 
+def build_watch_pipeline(
+    pipeline, args, info: WeightsInfo, plan, config: watch.WatchConfig, *, handler=None, reader=None, s3=None
+):
+    """Adds the --watch job to `pipeline`: files as they land, labelled, committed one window at a time.
+
+    `handler` and `reader` replace the real model handler and file reader (tests).
+    """
+    source = shards.InputConfig.from_args(args)
+    stop, _ = watch.markers(args.output, plan.token)
+    found = pipeline | "Watch" >> watch.WatchInputs(config, plan.previous, stop)
+    uris = found["uris"]
+    read = uris | "Read" >> files.ReadImages(
+        reader or shards.file_reader(source.max_bytes, source.read_timeout_s)
+    )
+    decode = DecodeConfig.from_args(args)
+    handler = handler or VGG16ModelHandler(ModelConfig.from_args(args, sha256=info.sha256))
+    labelled = read["images"] | "Label" >> LabelImages(
+        handler, decode, top_k=args.top_k, embeddings=args.embeddings
+    )
+    errors = (read[contract.ERRORS], labelled[contract.ERRORS]) | "AllErrors" >> beam.Flatten()
+    tables = {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
+    provenance = options.provenance(args, info)
+    schemas = write.schemas(provenance, embeddings=args.embeddings)
+    written = tables | "Write" >> watch.WriteWindows(args.output, schemas, config, plan.run, plan.token)
+    spec = plan.commit(schemas, provenance)
+    (written, found[watch.TICKS]) | "Commit" >> watch.CommitWindows(spec, config, plan.run, s3)
+
+
 def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None, reader=None, decode=None):
     """Runs the job; returns the Beam result. Raises one of USAGE_ERRORS before anything runs.
 
@@ -85,6 +120,8 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
         # Once per run, on the launcher, before anything is submitted.
         log.warning(contract.UNTRAINED_WARNING)
     s3 = options.s3_options(beam_options)
+    if args.watch:
+        return run_watch(args, beam_options, info, s3, test_pipeline=test_pipeline, handler=handler)
     plan = resume.prepare(
         args.output,
         resume=args.resume,
@@ -102,6 +139,115 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     wall = time.monotonic() - start
     print(summarize(result, wall, args.max_error_fraction), flush=True)
     return result
+
+
+# The runners that mean "here, on this machine"; a --watch job runs on Prism there.
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner")
+
+
+def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, handler=None):
+    """--watch: the output completed and planned as for --resume, then the streaming job until it is stopped.
+
+    SIGTERM or SIGINT to the launcher drains the job: no more files are taken, the windows
+    that hold files already taken are committed, then the job is cancelled (drain()).
+    """
+    standard = beam_options.view_as(StandardOptions)
+    standard.streaming = True
+    if (standard.runner or "DirectRunner").rsplit(".", 1)[-1] in LOCAL_RUNNERS:
+        # Beam's DirectRunner hands a streaming job to its bundle-based runner, which leaves
+        # the periodic poll waiting; Prism, Beam's local portable runner, runs it.
+        standard.runner = "PrismRunner"
+        log.info("--watch on this machine: Beam's Prism runner (streaming) instead of the DirectRunner")
+    plan = resume.prepare(
+        args.output,
+        resume=True,
+        retry_errors=False,
+        provenance=options.provenance(args, info),
+        embeddings=args.embeddings,
+        options=delta.storage_options(args.output, s3),
+    )
+    config = watch.WatchConfig.from_args(args)
+    pipeline = test_pipeline or beam.Pipeline(options=beam_options)
+    build_watch_pipeline(pipeline, args, info, plan, config, handler=handler, s3=s3)
+    failpoints.hit("launched")
+    log.info(
+        "watching %s every %g s; windows of %g s committed to %s from run %d on; SIGTERM or Ctrl-C drains it",
+        ", ".join(contract.printable(pattern) for pattern in config.patterns),
+        config.poll_interval_s,
+        config.window_s,
+        contract.printable(args.output),
+        plan.run,
+    )
+    start = time.monotonic()
+    result = pipeline.run()
+    try:
+        with _signals_raise():
+            result.wait_until_finish()
+    except _Stopped as stopped:
+        log.info("%s: draining: no more files are taken; the windows of those taken are committed", stopped)
+        drain(result, args.output, plan.token, config)
+    finally:
+        watch.remove_markers(args.output, plan.token)
+    print(summarize(result, time.monotonic() - start, args.max_error_fraction), flush=True)
+    return result
+
+
+# A drain waits this many windows and polls (plus labelling) at most for the last window.
+DRAIN_WINDOWS = 10
+
+
+def drain(result, output: str, token: str, config: watch.WatchConfig) -> None:
+    """Stops a running --watch job without losing what it took: the stop marker, the last window, cancel.
+
+    Every file the job took was listed before the stop marker was written, so it belongs to
+    a window that ends by the first window end after now; once the commit step has
+    finished that window (the progress marker), nothing taken is uncommitted. A second
+    signal, the job ending by itself, or DRAIN_WINDOWS windows without progress cancel at once:
+    what was not committed is labelled by the next launch.
+    """
+    stop, progress = watch.markers(output, token)
+    asked = time.time()
+    watch.write_marker(stop, str(asked))
+    deadline = time.monotonic() + DRAIN_WINDOWS * (config.window_s + config.poll_interval_s)
+    try:
+        with _signals_raise():
+            while True:
+                done = watch.committed_until(progress)
+                if done is not None and done > asked:
+                    log.info("drained: every window up to %s is committed", time.strftime(
+                        "%H:%M:%S", time.gmtime(done)))  # fmt: skip
+                    break
+                if PipelineState.is_terminal(result.state):
+                    log.warning("the job ended (%s) while draining", result.state)
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("the last window was not committed in time; cancelling: the next launch "
+                                "labels what it held")  # fmt: skip
+                    break
+                time.sleep(0.2)
+    except _Stopped:
+        log.warning("a second signal: cancelling now; the next launch labels what was not committed")
+    result.cancel()
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGINT reached a --watch launcher."""
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM and SIGINT raise _Stopped (naming the signal) in the launcher's main thread."""
+
+    def stop(signum, frame):
+        del frame
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str] | None = None, *, handler=None) -> int:

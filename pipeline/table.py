@@ -346,6 +346,25 @@ def replace_with(
     return commit.run
 
 
+def check_window_order(output: str, run: int, options: dict[str, str]) -> None:
+    """Refuses to commit run `run` after a later run is in: the tables' run numbers only go up.
+
+    A --watch job commits its windows in order, one after the other; a window found
+    uncommitted behind a later one would otherwise be taken for committed and its rows lost.
+
+    Raises:
+        TableError: naming both runs (the step fails, and the runner retries or stops the job).
+    """
+    for table in TABLES:
+        found = open_table(table_uri(output, table), options)
+        later = run_of(found)
+        if later > run and not any(_entry_run(entry) == run for entry in found.history()):
+            raise TableError(
+                f"{table_uri(output, table)}: run {run} is not committed but run {later} is; a window "
+                "cannot be committed behind a later one"
+            )
+
+
 def commit_errors(commit: RunCommit, options: dict[str, str]) -> bool:
     """Step 1: the errors table, with step 2's file list in the commit's metadata."""
     return commit_table(

@@ -36,7 +36,7 @@ AUTOFAISS_REQUIREMENTS = "scripts/requirements-autofaiss.txt"
 
 @pytest.fixture
 def checkout(tmp_path):
-    """A checkout with run_tests.sh, scripts/venv.sh, both venvs installed and Flink's set-up stubbed."""
+    """A checkout with run_tests.sh, scripts/venv.sh, both venvs installed, Flink and Prism stubbed."""
     for path in (
         "run_tests.sh",
         "scripts/venv.sh",
@@ -49,6 +49,7 @@ def checkout(tmp_path):
     (tmp_path / "scripts" / "flink_setup.sh").write_text(
         "ensure_flink() { :; }\nensure_job_server() { :; }\n"
     )
+    (tmp_path / "scripts" / "prism_setup.sh").write_text("ensure_prism() { :; }\n")
     setup = (REPO / "setup.py").read_bytes()
     constraints = (REPO / "scripts" / "constraints-flink.txt").read_bytes()
     for venv, name, beam, extras, stamped in (

@@ -183,23 +183,36 @@ class DecodeImage(beam.DoFn):
             log.warning(extra)
         return beam.pvalue.TaggedOutput(ERRORS, payload)
 
-    def process(self, element):
+    def process(self, element, windowed=beam.DoFn.WindowedValueParam):  # noqa: B008 (Beam's way)
         if self._pool is None:  # setup() not called (a DoFn used outside Beam)
             self.setup()
-        self._pending.append(self._pool.submit(self._decode_one, element))
+        self.submit(element, windowed)
         while len(self._pending) > self._config.prefetch:
-            yield self._outputs(self._pending.popleft().result())
+            yield self.next_output()
 
     def finish_bundle(self):
         while self._pending:
-            output = self._outputs(self._pending.popleft().result())
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
-            else:
-                yield _in_global_window(output)
+            yield self.next_output()
+
+    def submit(self, element, windowed=None) -> None:
+        """Hands an input to the decoder threads; `windowed` is the input as Beam holds it (window, time)."""
+        self._pending.append((self._pool.submit(self._decode_one, element), windowed))
+
+    def next_output(self):
+        """The oldest input's output, in that input's window and at its timestamp."""
+        future, windowed = self._pending.popleft()
+        return in_window_of(self._outputs(future.result()), windowed)
 
 
-def _in_global_window(value) -> WindowedValue:
-    # finish_bundle must say where its outputs belong; this job is a batch job in the
-    # global window, where everything Decode receives lives.
-    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+def in_window_of(output, windowed):
+    """An output placed in the window (and at the timestamp) of the input it came from.
+
+    With decoding ahead, the input in hand when an output leaves is another one (in
+    finish_bundle there is none), and in a --watch job it may be in another window.
+    `windowed` is that input's WindowedValue (None outside Beam: the global window).
+    """
+    if isinstance(output, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(output.tag, in_window_of(output.value, windowed))
+    if not isinstance(windowed, WindowedValue):
+        return WindowedValue(output, MIN_TIMESTAMP, [GlobalWindow()])
+    return windowed.with_value(output)

@@ -8,12 +8,9 @@ import time
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline import METRICS_NAMESPACE
-from pipeline.job.decode import DecodeConfig, DecodeImage
+from pipeline.job.decode import DecodeConfig, DecodeImage, in_window_of
 from vgg.dali import DaliDecoder, DaliUnavailable
 
 log = logging.getLogger(__name__)
@@ -76,44 +73,39 @@ class GpuDecodeImage(beam.DoFn):
             self._dali.close()
             self._dali = None
 
-    def process(self, element):
+    def process(self, element, windowed=beam.DoFn.WindowedValueParam):  # noqa: B008 (Beam's way)
         if self._buffer is None:  # setup() not called (a DoFn used outside Beam)
             self.setup()
         if self._dali is None:
-            yield from self._cpu.process(element)
+            yield from self._cpu.process(element, windowed)
             return
-        self._buffer.append(element)
+        self._buffer.append((element, windowed))
         if len(self._buffer) >= self._batch_size:
             yield from self._flush()
 
     def finish_bundle(self):
         if self._buffer:
-            for output in self._flush():
-                yield _in_global_window(output)
+            yield from self._flush()
         yield from self._cpu.finish_bundle()
 
     def _flush(self):
-        """Decodes the gathered batch with DALI; yields its outputs and those of the CPU path for the rest."""
+        """Decodes the gathered batch with DALI; yields its outputs and those of the CPU path for the rest.
+
+        Each output is in its own input's window and at its timestamp (decode.in_window_of).
+        """
         batch, self._buffer = self._buffer, []
         start = time.perf_counter()
         try:
-            decoded = self._dali([data for _, _, data in batch])
+            decoded = self._dali([data for (_, _, data), _ in batch])
         except Exception as error:  # a DALI bug must not cost the batch: the CPU path takes it all
             log.warning("DALI failed on a batch of %d images (%s: %s); decoding them on the CPU",
                         len(batch), type(error).__name__, error)  # fmt: skip
             decoded = [None] * len(batch)
         self._batch_ms.update(int((time.perf_counter() - start) * 1000))
-        for (key, uri, data), image in zip(batch, decoded):
+        for ((key, uri, data), windowed), image in zip(batch, decoded):
             if image is None:
                 self._fallbacks.inc()
-                yield from self._cpu.process((key, uri, data))
+                yield from self._cpu.process((key, uri, data), windowed)
             else:
                 self._decoded.inc()
-                yield (key, uri, image.width, image.height), image.pixels
-
-
-def _in_global_window(output):
-    # finish_bundle must say where its outputs belong: the global window, as DecodeImage's.
-    if isinstance(output, beam.pvalue.TaggedOutput):
-        return beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
-    return WindowedValue(output, MIN_TIMESTAMP, [GlobalWindow()])
+                yield in_window_of(((key, uri, image.width, image.height), image.pixels), windowed)

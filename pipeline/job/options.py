@@ -36,6 +36,7 @@ from pipeline import ConfigError, contract
 from pipeline.job.decode import DECODE_DEVICES, ISOLATION_MODES, DecodeConfig
 from pipeline.job.model_handler import ModelConfig
 from pipeline.job.read.shards import INPUT_FORMATS, InputConfig
+from pipeline.job.watch import POLL_INTERVAL_S, SETTLE_S, WINDOW_S, WatchConfig
 from pipeline.storage import MAX_INPUT_BYTES, READ_TIMEOUT_S
 from vgg.architecture import CPU_CONV_BATCH, NUM_CLASSES, PRECISIONS
 from vgg.preprocess import RESIZE_MODES
@@ -297,6 +298,40 @@ class VGGOptions(PipelineOptions):
             "reading a whole file, or opening a shard or any one read from it (1 MiB); so no "
             "stuck storage or special file holds a worker forever",
         )
+        group.add_argument(
+            "--watch",
+            action="store_true",
+            default=False,
+            help="run unbounded (a streaming job): label files as they land under the --input patterns, "
+            "committing each window as one append to --output; a restarted job skips what the output "
+            "holds (docs/watch.md)",
+        )
+        group.add_argument(
+            "--poll_interval_s",
+            type=float,
+            default=None,
+            help=f"with --watch: seconds between listings of the --input patterns (default "
+            f"{POLL_INTERVAL_S:g})",
+        )
+        group.add_argument(
+            "--window_s",
+            type=float,
+            default=None,
+            help=f"with --watch: seconds of arrivals committed together as one append (default {WINDOW_S:g})",
+        )
+        group.add_argument(
+            "--settle_s",
+            type=float,
+            default=None,
+            help="with --watch: a local file modified more recently than this is left for a later poll, "
+            f"as it may still be being written (default {SETTLE_S:g}; 0 takes files at once)",
+        )
+        group.add_argument(
+            "--window_shards",
+            type=int,
+            default=None,
+            help="with --watch: data files per table per window, written in parallel (default 1)",
+        )
         group.add_argument("--config", default=None, help="YAML file of these and Beam's options")
 
 
@@ -535,6 +570,19 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("no output: pass --output DIRECTORY.")
     model = ModelConfig.from_args(args)
     DecodeConfig.from_args(args)
+    watch_only = ("poll_interval_s", "window_s", "settle_s", "window_shards")
+    if args.watch:
+        config = WatchConfig.from_args(args)
+        filled = {
+            "poll_interval_s": config.poll_interval_s,
+            "window_s": config.window_s,
+            "settle_s": config.settle_s,
+            "window_shards": config.shards,
+        }
+        return argparse.Namespace(**{**vars(args), **filled, "min_batch_size": model.min_batch_size})
+    given = [name for name in watch_only if getattr(args, name) is not None]
+    if given:
+        raise ConfigError(f"--{given[0]} {getattr(args, given[0])} only applies with --watch.")
     if args.retry_errors and not args.resume:
         raise ConfigError(
             "--retry_errors only applies with --resume (a run without --resume relabels everything)."

@@ -159,18 +159,7 @@ class _ParquetSink(FileBasedSink):
 
     def open(self, temp_path):
         handle = super().open(temp_path)
-        plain = PARQUET["no_dictionary"]
-        dictionary = [path for path in _leaf_paths(self._schema) if path.split(".")[0] not in plain]
-        writer = pq.ParquetWriter(
-            handle,
-            self._schema,
-            compression=PARQUET["codec"],
-            use_dictionary=dictionary,
-            # As WriteToParquet writes them: lists keep Arrow's element name ("item").
-            use_compliant_nested_type=False,
-            use_deprecated_int96_timestamps=False,
-        )
-        return handle, writer
+        return handle, parquet_writer(handle, self._schema)
 
     def write_record(self, file_handle, value: pa.Table):
         file_handle[1].write_table(value)
@@ -179,6 +168,21 @@ class _ParquetSink(FileBasedSink):
         handle, writer = file_handle
         writer.close()
         handle.close()
+
+
+def parquet_writer(handle, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer of a table's data file into an open handle, with PARQUET's codec and encodings."""
+    plain = PARQUET["no_dictionary"]
+    dictionary = [path for path in _leaf_paths(schema) if path.split(".")[0] not in plain]
+    return pq.ParquetWriter(
+        handle,
+        schema,
+        compression=PARQUET["codec"],
+        use_dictionary=dictionary,
+        # As WriteToParquet writes them: lists keep Arrow's element name ("item").
+        use_compliant_nested_type=False,
+        use_deprecated_int96_timestamps=False,
+    )
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:

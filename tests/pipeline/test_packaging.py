@@ -35,6 +35,7 @@ NOT_SOURCES = (
     ".git",
     ".venv*",
     ".flink",
+    ".prism",
     "site",
     "*.egg-info",
     "build",

@@ -18,11 +18,13 @@ from pipeline.storage import InputError, ReadError, expand, first_cause, is_loca
 log = logging.getLogger(__name__)
 
 
-def check_patterns(patterns: list[str]) -> list[str]:
+def check_patterns(patterns: list[str], *, allow_empty: bool = False) -> list[str]:
     """Each pattern's first match; fails when one matches nothing (one listing call per pattern).
 
     A local folder named as it is (`photos`, no wildcard) is refused: it would be one
     `not_a_file` errors row, and what to label under it is for the user to say (DIR/**).
+    With allow_empty (--watch, where files are still to come) a pattern may match nothing
+    yet, but it must be listable.
     """
     first = []
     for pattern in patterns:
@@ -37,6 +39,8 @@ def check_patterns(patterns: list[str]) -> list[str]:
             found = next(expand(pattern, limit=1), None)
         except (BeamIOError, OSError, ValueError) as error:
             raise InputError(f"--input {pattern!r} cannot be listed: {first_cause(error)}") from error
+        if found is None and allow_empty:
+            continue
         if found is None:
             raise InputError(f"--input {pattern!r} matches no files.")
         first.append(found)

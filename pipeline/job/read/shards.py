@@ -511,7 +511,7 @@ class ReadInputs(beam.PTransform):
     def __init__(self, config: InputConfig, *, reader=None, plan=None):
         super().__init__()
         self._config = config
-        self._reader = reader or _file_reader(config.max_bytes, config.read_timeout_s)
+        self._reader = reader or file_reader(config.max_bytes, config.read_timeout_s)
         self._plan = plan
 
     def expand(self, pbegin):
@@ -575,5 +575,5 @@ def _runs_in_one_process(pipeline) -> bool:
     return "DirectRunner" in type(pipeline.runner).__name__
 
 
-def _file_reader(max_bytes: int, timeout_s: float):
+def file_reader(max_bytes: int, timeout_s: float):
     return functools.partial(read_bytes, max_bytes=max_bytes, timeout_s=timeout_s)

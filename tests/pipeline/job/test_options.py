@@ -279,6 +279,11 @@ BAD_VALUES = {
     "--decode_device": ["tpu"],
     "--max_input_bytes": ["0", "x"],
     "--read_timeout_s": ["0", "-1", "nan", "x"],
+    # Without --watch each is refused as such (tests/pipeline/job/test_watch.py: with it).
+    "--poll_interval_s": ["0", "nan", "x"],
+    "--window_s": ["0.5", "x"],
+    "--settle_s": ["-1", "x"],
+    "--window_shards": ["0", "x"],
 }
 
 

@@ -1,0 +1,473 @@
+"""--watch: the job unbounded. Files are found as they land, labelled, and committed one window at a time.
+
+    PeriodicImpulse (a tick every --poll_interval_s) -> the batch job's own listing of the
+    --input patterns -> FirstSeen (once per launch) -> SkipCommitted (the output table says
+    what is done) -> windows of --window_s -> ReadImages -> LabelImages -> WriteWindows (each
+    window's rows to data files) -> CommitWindows (each window one append to both tables).
+
+Exactly once. A file is labelled once per launch: FirstSeen keeps a keyed "seen" flag per
+uri in the runner's state, which a runner with checkpoints (Flink, Dataflow) restores after
+a fault. Across launches the output decides: a launch reads the image_ids of both committed
+tables and skips them, so a restarted job picks up what landed while it was down and
+nothing it had committed. Each window commits as a run of the table protocol
+(pipeline.table), numbered from the window's start, so a retried commit finds its run in
+the tables and commits nothing twice; a window whose commit never happened (a kill
+between a write and its commit) is labelled again by the next launch, since its files
+were never part of the output.
+
+Why not Beam's fileio.MatchContinuously: it lists local folders with Python's glob, which
+follows links to folders (a link to a parent lists the tree again on every poll) and
+leaves special files and names that are not UTF-8 to fail the poll, where the batch job
+lists like the shell and makes each such entry an errors row (pipeline.storage.expand);
+and its timestamp cursor, which bounds its state, skips a file that lands with an older
+modification time (`mv`, `cp -p`, `rsync -t` keep it). Here the listing is the batch
+job's, and the state is one flag per file, keyed, held by the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+import uuid
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.coders import BooleanCoder
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.utils.timestamp import Timestamp
+
+from pipeline import METRICS_NAMESPACE, ConfigError
+from pipeline import table as delta
+from pipeline.contract import (
+    ERRORS,
+    PREDICTIONS,
+    SUFFIX,
+    TABLES,
+    Shards,
+    image_id,
+    join,
+    printable,
+    uri_path,
+)
+from pipeline.job import failpoints
+from pipeline.job.read.files import absolute
+from pipeline.job.write import PARQUET, parquet_writer
+from pipeline.storage import expand, first_cause, is_local
+
+log = logging.getLogger(__name__)
+
+TICKS = "ticks"
+TICK = "tick"  # what a poll's tick is on its way to the commit step
+WATCH_FOLDER = ".watch"  # OUT/.watch/: the markers of a running launch (markers())
+POLL_INTERVAL_S = 60.0
+WINDOW_S = 60.0
+# A local file modified less than this long ago may still be being written (a copy in
+# progress): it is left for a later poll. Objects in a bucket appear whole.
+SETTLE_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchConfig:
+    """How a --watch job finds files and commits them (--poll_interval_s, --window_s, --settle_s).
+
+    `origin` is the launch's time (seconds since the epoch): windows are numbered from it.
+    """
+
+    patterns: tuple[str, ...]
+    poll_interval_s: float = POLL_INTERVAL_S
+    window_s: float = WINDOW_S
+    settle_s: float = SETTLE_S
+    shards: int = 1
+    origin: float = 0.0
+
+    def __post_init__(self):
+        for flag, value, low in (
+            ("--poll_interval_s", self.poll_interval_s, 0.1),
+            ("--window_s", self.window_s, 1.0),
+        ):
+            if not (math.isfinite(value) and value >= low):
+                raise ConfigError(f"{flag} must be at least {low:g} seconds. Received: {value}")
+        if not (math.isfinite(self.settle_s) and self.settle_s >= 0):
+            raise ConfigError(f"--settle_s must be 0 seconds or more. Received: {self.settle_s}")
+        if self.shards < 1:
+            raise ConfigError(f"--window_shards must be at least 1. Received: {self.shards}")
+
+    @classmethod
+    def from_args(cls, args, *, origin: float | None = None) -> WatchConfig:
+        """The watch settings of a run; refuses what --watch cannot do (ConfigError, naming the flag)."""
+        if args.input_list or args.input_format != "files" or not args.input:
+            raise ConfigError(
+                "--watch labels loose files as they land under --input patterns: pass --input PATTERN "
+                "(repeatable), without --input_list and with --input_format files."
+            )
+        if args.retry_errors:
+            raise ConfigError(
+                "--watch appends each window to the output and never relabels what it holds; "
+                "--retry_errors needs a batch run (--resume --retry_errors)."
+            )
+        given = {
+            "poll_interval_s": args.poll_interval_s,
+            "window_s": args.window_s,
+            "settle_s": args.settle_s,
+            "shards": args.window_shards,
+        }
+        return cls(
+            patterns=tuple(absolute(pattern) for pattern in args.input),
+            origin=time.time() if origin is None else origin,
+            **{name: value for name, value in given.items() if value is not None},
+        )
+
+    def window_run(self, base: int, start: Timestamp) -> int:
+        """The run of the window starting at `start`: `base` for the launch's first, one more per window.
+
+        Windows with nothing in them commit nothing, so the committed run numbers have gaps.
+        """
+        width = round(self.window_s * 1_000_000)
+        first = (round(self.origin * 1_000_000) // width) * width
+        return base + max(0, (start.micros - first) // width)
+
+
+# ------------------------------------------------------------------- finding files
+
+
+def list_settled(tick, patterns: tuple[str, ...], settle_s: float, stop: str | None = None, now=time.time):
+    """One poll: every uri the patterns match, as the batch job lists them, less local files still settling.
+
+    A pattern that cannot be listed this time (storage down, a folder removed) is logged
+    and tried again at the next poll; it never stops the job. Once the launcher has asked
+    the job to stop (`stop`, a marker file, is there), nothing more is listed. Every poll
+    also gives a TICK on its own output, so that every window reaches the commit step.
+    """
+    yield beam.pvalue.TaggedOutput(TICKS, tick)
+    if stop and _exists(stop):
+        return
+    for pattern in patterns:
+        try:
+            for uri in expand(pattern):
+                if settle_s and is_local(uri) and _settling(uri_path(uri), now() - settle_s):
+                    continue
+                yield uri
+        except Exception as error:  # the next poll tries again
+            Metrics.counter(METRICS_NAMESPACE, "watch_list_failed").inc()
+            log.warning("--watch: %s cannot be listed now (%s); trying again at the next poll",
+                        printable(pattern), first_cause(error))  # fmt: skip
+
+
+def _exists(uri: str) -> bool:
+    try:
+        return FileSystems.exists(uri)
+    except Exception:  # storage down: ask again at the next poll
+        return False
+
+
+def _settling(path: str, cutoff: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime > cutoff
+    except OSError:  # gone again, or unreadable: reading it makes its errors row
+        return False
+
+
+class SkipCommitted(beam.DoFn):
+    """uri -> uri, unless its image_id is in the output's committed tables as of the launch.
+
+    Each worker reads the image_id column of the committed files once (16 bytes per
+    image_id, held sorted), not the rows.
+    """
+
+    def __init__(self, previous: Shards):
+        self._paths = previous.paths
+        self._skipped = Metrics.counter(METRICS_NAMESPACE, "inputs_skipped")
+
+    def setup(self):
+        parts = [np.empty(0, dtype="S16")]
+        for path in self._paths:
+            with FileSystems.open(path, compression_type="uncompressed") as handle:
+                column = pq.read_table(handle, columns=["image_id"], pre_buffer=False).column("image_id")
+            parts.append(np.array([bytes.fromhex(found) for found in column.to_pylist()], dtype="S16"))
+        self._done = np.unique(np.concatenate(parts))  # sorted
+
+    def process(self, uri: str):
+        key = np.bytes_(bytes.fromhex(image_id(uri)))
+        at = int(np.searchsorted(self._done, key))
+        if at < len(self._done) and self._done[at] == key:
+            self._skipped.inc()
+            return
+        yield uri
+
+
+class FirstSeen(beam.DoFn):
+    """(uri, _) -> uri the first time this launch sees it; a flag per uri in the runner's keyed state."""
+
+    SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
+
+    def __init__(self):
+        self._found = Metrics.counter(METRICS_NAMESPACE, "watch_files_found")
+
+    def process(self, element, seen=beam.DoFn.StateParam(SEEN)):  # noqa: B008 (Beam's way)
+        uri, _ = element
+        if seen.read():
+            return
+        seen.write(True)
+        self._found.inc()
+        yield uri
+
+
+class WatchInputs(beam.PTransform):
+    """PBegin -> {"uris": each new input uri once, "ticks": one per poll}, stamped with the poll, in windows.
+
+    Windows are --window_s long. `stop` is the launcher's stop marker (markers()).
+    """
+
+    def __init__(self, config: WatchConfig, previous: Shards, stop: str | None = None):
+        super().__init__()
+        self._config = config
+        self._previous = previous
+        self._stop = stop
+
+    def expand(self, pbegin):
+        config = self._config
+        listed = (
+            pbegin
+            | "Poll"
+            >> PeriodicImpulse(
+                start_timestamp=Timestamp.of(config.origin), fire_interval=config.poll_interval_s
+            )
+            | "List"
+            >> beam.FlatMap(list_settled, config.patterns, config.settle_s, self._stop).with_outputs(
+                TICKS, main="uris"
+            )
+        )
+        uris = (
+            listed.uris
+            | "KeyByUri" >> beam.Map(lambda uri: (uri, True)).with_output_types(tuple[str, bool])
+            | "FirstSeen" >> beam.ParDo(FirstSeen())
+            | "SkipCommitted" >> beam.ParDo(SkipCommitted(self._previous))
+            | "Windows" >> beam.WindowInto(window.FixedWindows(config.window_s))
+        )
+        ticks = listed[TICKS] | "TickWindows" >> beam.WindowInto(window.FixedWindows(config.window_s))
+        return {"uris": uris, TICKS: ticks}
+
+
+# ------------------------------------------------------------------- stopping
+
+
+def markers(output: str, token: str) -> tuple[str, str]:
+    """The launch's two marker files in OUT/.watch/: (stop: the launcher asks the job to stop, progress).
+
+    The progress marker holds the end (seconds since the epoch) of the last window the
+    commit step finished, whether it had files or not; windows finish in order.
+    """
+    folder = join(output, WATCH_FOLDER)
+    return join(folder, f"{token}.stop"), join(folder, f"{token}.progress")
+
+
+def write_marker(uri: str, text: str) -> None:
+    if is_local(uri):
+        os.makedirs(os.path.dirname(uri_path(uri)), exist_ok=True)
+    with FileSystems.create(uri) as handle:
+        handle.write(text.encode())
+
+
+def committed_until(progress: str) -> float | None:
+    """The end of the last window the commit step finished (None: none yet, or unreadable now)."""
+    try:
+        with FileSystems.open(progress, compression_type="uncompressed") as handle:
+            return float(handle.read().decode())
+    except Exception:  # not there yet, or being replaced
+        return None
+
+
+def remove_markers(output: str, token: str) -> None:
+    for uri in markers(output, token):
+        try:
+            FileSystems.delete([uri])
+        except Exception:  # never written
+            continue
+    if is_local(output):
+        try:
+            os.rmdir(uri_path(join(output, WATCH_FOLDER)))
+        except OSError:  # another launch's markers are there, or it is gone
+            pass
+
+
+# ------------------------------------------------------------------- writing and committing windows
+
+
+def _shard(row: dict, shards: int) -> int:
+    return int(row["image_id"][:8], 16) % shards
+
+
+class _WriteWindowFile(beam.DoFn):
+    """(shard, rows of one window) -> (table, DataFile): a data file of the window, under its run's prefix.
+
+    Each attempt writes a file of its own name; only the attempt the runner keeps reaches
+    the commit, and a file no commit names is deleted by the next launch's cleanup.
+    """
+
+    def __init__(
+        self, output: str, table: str, schema: pa.Schema, config: WatchConfig, base: int, token: str
+    ):
+        self._output = output
+        self._table = table
+        self._schema = schema
+        self._config = config
+        self._base = base
+        self._token = token
+
+    def process(self, element, win=beam.DoFn.WindowParam):
+        shard, rows = element
+        run = self._config.window_run(self._base, win.start)
+        prefix = delta.data_prefix(self._output, self._table, run, self._token)
+        uri = f"{prefix}-{shard:05d}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        batch = PARQUET["record_batch_size"][self._table]
+        with FileSystems.create(uri) as handle:
+            writer = parquet_writer(handle, self._schema)
+            pending: list[dict] = []
+            for row in rows:
+                pending.append(row)
+                if len(pending) >= batch:
+                    writer.write_table(_table_of(pending, self._schema))
+                    pending = []
+            if pending:
+                writer.write_table(_table_of(pending, self._schema))
+            writer.close()
+        yield self._table, delta.describe(self._output, self._table, uri)
+
+
+def _table_of(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    columns = [pa.array([row[name] for row in rows], type=schema.field(name).type) for name in schema.names]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+class WriteWindows(beam.PTransform):
+    """{table: windowed rows} -> (table, DataFile) of every data file written, in the rows' windows."""
+
+    def __init__(
+        self, output: str, schemas: dict[str, pa.Schema], config: WatchConfig, base: int, token: str
+    ):
+        super().__init__()
+        self._output = output
+        self._schemas = schemas
+        self._config = config
+        self._base = base
+        self._token = token
+
+    def expand(self, tables):
+        shards = self._config.shards
+        written = [
+            tables[table]
+            | f"Shard{table.title()}" >> beam.Map(lambda row: (_shard(row, shards), row))
+            | f"Group{table.title()}" >> beam.GroupByKey()
+            | f"Write{table.title()}"
+            >> beam.ParDo(
+                _WriteWindowFile(
+                    self._output, table, self._schemas[table], self._config, self._base, self._token
+                )
+            )
+            for table in TABLES
+        ]
+        return written | "AllFiles" >> beam.Flatten()
+
+
+class _CommitWindow(beam.DoFn):
+    """(_, [(table, DataFile) or TICK]) of each window -> its run committed to both tables (errors first).
+
+    The windows a bundle brings are committed at its end, oldest first (a bundle may bring
+    several, in any order), then the progress marker says how far the commits have come.
+    Windows reach this step as the watermark passes them, so later bundles bring later
+    windows; should a runner ever bring an older one after a newer one was committed,
+    pipeline.table.check_window_order fails the step rather than lose it.
+    """
+
+    def __init__(self, spec: delta.RunCommit, config: WatchConfig, base: int, s3: dict):
+        self._spec = spec
+        self._config = config
+        self._base = base
+        self._s3 = s3
+        self._progress = markers(spec.output, spec.token)[1]
+        self._windows = Metrics.counter(METRICS_NAMESPACE, "watch_windows_committed")
+
+    def start_bundle(self):
+        self._pending: list = []
+
+    def process(self, element, win=beam.DoFn.WindowParam):
+        _, written = element
+        self._pending.append((win, [found for found in written if found != TICK]))
+
+    def finish_bundle(self):
+        if not self._pending:
+            return
+        for win, written in sorted(self._pending, key=lambda pending: pending[0].start):
+            if written:
+                self._commit(written, win)
+        end = max(win.end for win, _ in self._pending).micros / 1_000_000
+        before = committed_until(self._progress)
+        if before is None or end > before:  # a retried bundle never moves it back
+            write_marker(self._progress, str(end))
+        self._pending = []
+
+    def _commit(self, written, win) -> int:
+        run = self._config.window_run(self._base, win.start)
+        files = {table: sorted((found for name, found in written if name == table), key=lambda f: f.path)
+                 for table in TABLES}  # fmt: skip
+        commit = dataclasses.replace(self._spec, run=run, files=files)
+        options = delta.storage_options(self._spec.output, self._s3)
+        failpoints.hit("commit")
+        delta.check_window_order(self._spec.output, run, options)
+        delta.commit_errors(commit, options)
+        failpoints.hit("commit.between")
+        delta.commit_predictions(commit, options)
+        failpoints.hit("committed")
+        self._windows.inc()
+        rows = {table: sum(found.rows for found in files[table]) for table in TABLES}
+        # Measured from the window's start: no file found in it waited longer since it was listed.
+        lag = time.time() - win.start.micros / 1_000_000
+        log.info(
+            "window %s-%s: run %d committed: %d input(s), %d labelled, %d error(s), %.1f s after it opened",
+            _clock(win.start),
+            _clock(win.end),
+            run,
+            rows[PREDICTIONS] + rows[ERRORS],
+            rows[PREDICTIONS],
+            rows[ERRORS],
+            lag,
+        )
+        return run
+
+
+def _clock(at: Timestamp) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(at.micros / 1_000_000))
+
+
+class CommitWindows(beam.PTransform):
+    """((table, DataFile) in windows, ticks) -> nothing: each window's files committed as one run.
+
+    The ticks (one per poll) make every window, empty or not, reach the commit step, which
+    then records it in the progress marker: a stopping launcher waits on that (markers()).
+    """
+
+    def __init__(self, spec: delta.RunCommit, config: WatchConfig, base: int, s3: dict | None = None):
+        super().__init__()
+        self._spec = spec
+        self._config = config
+        self._base = base
+        self._s3 = dict(s3 or {})
+
+    def expand(self, inputs):
+        written, ticks = inputs
+        return (
+            (written, ticks | "AsTicks" >> beam.Map(lambda _: TICK))
+            | "FilesAndTicks" >> beam.Flatten()
+            | "OneKey" >> beam.Map(lambda found: (None, found))
+            | "Together" >> beam.GroupByKey()
+            | "Commit" >> beam.ParDo(_CommitWindow(self._spec, self._config, self._base, self._s3))
+        )
