@@ -86,7 +86,7 @@ def build_watch_pipeline(
     """
     source = shards.InputConfig.from_args(args)
     stop, _ = watch.markers(args.output, plan.token)
-    found = pipeline | "Watch" >> watch.WatchInputs(config, plan.previous, stop)
+    found = pipeline | "Watch" >> watch.WatchInputs(config, args.output, stop=stop, s3=s3)
     uris = found["uris"]
     read = uris | "Read" >> files.ReadImages(
         reader or shards.file_reader(source.max_bytes, source.read_timeout_s)

@@ -7,13 +7,13 @@
 
 Exactly once. A file is labelled once per launch: FirstSeen keeps a keyed "seen" flag per
 uri in the runner's state, which a runner with checkpoints (Flink, Dataflow) restores after
-a fault. Across launches the output decides: a launch reads the image_ids of both committed
-tables and skips them, so a restarted job picks up what landed while it was down and
+a fault. Across launches, and after a restart from nothing, the output decides: every
+worker holds the image_ids of both committed tables, looked at again once per poll, and
+skips them (SkipCommitted), so a restarted job picks up what landed while it was down and
 nothing it had committed. Each window commits as a run of the table protocol
 (pipeline.table), numbered from the window's start, so a retried commit finds its run in
-the tables and commits nothing twice; a window whose commit never happened (a kill
-between a write and its commit) is labelled again by the next launch, since its files
-were never part of the output.
+the tables and commits nothing twice; the files of a window whose commit never happened
+were never part of the output, and their inputs are labelled again.
 
 Why not Beam's fileio.MatchContinuously: it lists local folders with Python's glob, which
 follows links to folders (a link to a parent lists the tree again on every poll) and
@@ -52,7 +52,6 @@ from pipeline.contract import (
     PREDICTIONS,
     SUFFIX,
     TABLES,
-    Shards,
     image_id,
     join,
     printable,
@@ -177,31 +176,47 @@ def _settling(path: str, cutoff: float) -> bool:
 
 
 class SkipCommitted(beam.DoFn):
-    """uri -> uri, unless its image_id is in the output's committed tables as of the launch.
+    """uri -> uri, unless its image_id is in the output's committed tables.
 
-    Each worker reads the image_id column of the committed files once (16 bytes per
-    image_id, held sorted), not the rows.
+    The committed tables are what decides, not this job's memory: each worker reads the
+    image_id column of every committed file (16 bytes per image_id, held sorted, not the
+    rows), and looks again at most every `refresh_s` seconds for files committed since,
+    reading only those. So a job that restarts from nothing (no checkpoint, FirstSeen's
+    state gone) lists every file again and labels none of those its earlier windows committed.
     """
 
-    def __init__(self, previous: Shards):
-        self._paths = previous.paths
+    def __init__(self, output: str, s3: dict | None = None, *, refresh_s: float):
+        self._output = output
+        self._s3 = dict(s3 or {})
+        self._refresh_s = refresh_s
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "inputs_skipped")
 
     def setup(self):
-        parts = [np.empty(0, dtype="S16")]
-        for path in self._paths:
-            with FileSystems.open(path, compression_type="uncompressed") as handle:
-                column = pq.read_table(handle, columns=["image_id"], pre_buffer=False).column("image_id")
-            parts.append(np.array([bytes.fromhex(found) for found in column.to_pylist()], dtype="S16"))
-        self._done = np.unique(np.concatenate(parts))  # sorted
+        self._files: set[str] = set()
+        self._done = np.empty(0, dtype="S16")
+        self._checked = -math.inf
 
     def process(self, uri: str):
+        if time.monotonic() - self._checked >= self._refresh_s:
+            self._refresh()
         key = np.bytes_(bytes.fromhex(image_id(uri)))
         at = int(np.searchsorted(self._done, key))
         if at < len(self._done) and self._done[at] == key:
             self._skipped.inc()
             return
         yield uri
+
+    def _refresh(self) -> None:
+        found = delta.snapshot(self._output, delta.storage_options(self._output, self._s3))
+        files = {path for table in TABLES for path in found.files(table)}
+        parts = [self._done]
+        for path in sorted(files - self._files):
+            with FileSystems.open(path, compression_type="uncompressed") as handle:
+                column = pq.read_table(handle, columns=["image_id"], pre_buffer=False).column("image_id")
+            parts.append(np.array([bytes.fromhex(found) for found in column.to_pylist()], dtype="S16"))
+        self._done = np.unique(np.concatenate(parts))  # sorted
+        self._files = files
+        self._checked = time.monotonic()
 
 
 class FirstSeen(beam.DoFn):
@@ -224,14 +239,16 @@ class FirstSeen(beam.DoFn):
 class WatchInputs(beam.PTransform):
     """PBegin -> {"uris": each new input uri once, "ticks": one per poll}, stamped with the poll, in windows.
 
-    Windows are --window_s long. `stop` is the launcher's stop marker (markers()).
+    Windows are --window_s long. `output` is the job's --output (SkipCommitted reads its
+    tables; `s3`: the job's S3 options), `stop` the launcher's stop marker (markers()).
     """
 
-    def __init__(self, config: WatchConfig, previous: Shards, stop: str | None = None):
+    def __init__(self, config: WatchConfig, output: str, *, stop: str | None = None, s3: dict | None = None):
         super().__init__()
         self._config = config
-        self._previous = previous
+        self._output = output
         self._stop = stop
+        self._s3 = s3
 
     def expand(self, pbegin):
         config = self._config
@@ -250,7 +267,8 @@ class WatchInputs(beam.PTransform):
             listed.uris
             | "KeyByUri" >> beam.Map(lambda uri: (uri, True)).with_output_types(tuple[str, bool])
             | "FirstSeen" >> beam.ParDo(FirstSeen())
-            | "SkipCommitted" >> beam.ParDo(SkipCommitted(self._previous))
+            | "SkipCommitted"
+            >> beam.ParDo(SkipCommitted(self._output, self._s3, refresh_s=config.poll_interval_s))
             | "Windows" >> beam.WindowInto(window.FixedWindows(config.window_s))
         )
         ticks = listed[TICKS] | "TickWindows" >> beam.WindowInto(window.FixedWindows(config.window_s))
@@ -402,6 +420,7 @@ class _CommitWindow(beam.DoFn):
     def process(self, element, win=beam.DoFn.WindowParam):
         _, written = element
         self._pending.append((win, [found for found in written if found != TICK]))
+        return ()  # everything happens in finish_bundle
 
     def finish_bundle(self):
         if not self._pending:

@@ -21,7 +21,6 @@ from pipeline import table as delta
 from pipeline.contract import (
     ERRORS,
     PREDICTIONS,
-    Shards,
     error_row,
     errors_schema,
     image_id,
@@ -134,17 +133,25 @@ def test_once_the_stop_marker_is_there_a_poll_lists_nothing_but_still_ticks(tmp_
 # ------------------------------------------------------------------- what is skipped
 
 
-def test_skip_committed_skips_the_ids_of_both_committed_tables(tmp_path):
-    done, failed, new = "/in/done.jpg", "/in/failed.jpg", "/in/new.jpg"
-    _predictions(tmp_path / "p.parquet", [done])
-    _errors(tmp_path / "e.parquet", [failed])
-    previous = Shards(predictions=(str(tmp_path / "p.parquet"),), errors=(str(tmp_path / "e.parquet"),))
-    fn = watch.SkipCommitted(previous)
-    fn.setup()
-    assert [uri for uri in (done, failed, new) for _ in fn.process(uri)] == [new]
-    empty = watch.SkipCommitted(Shards())
-    empty.setup()
-    assert list(empty.process(new)) == [new]
+def test_skip_committed_skips_what_either_table_holds_and_what_they_commit_later(tmp_path):
+    done, failed, new, later = "/in/done.jpg", "/in/failed.jpg", "/in/new.jpg", "/in/later.jpg"
+    committer = _committer(tmp_path)
+    first = [_window_files(tmp_path, PREDICTIONS, [done], "p0.parquet"),
+             _window_files(tmp_path, ERRORS, [failed], "e0.parquet")]  # fmt: skip
+    _commit(committer, [(0, first)])
+    skip = watch.SkipCommitted(str(tmp_path), refresh_s=0)  # looks again before each input
+    skip.setup()
+
+    def passed(*uris):
+        return [uri for uri in uris for _ in skip.process(uri)]
+
+    assert passed(done, failed, new, later) == [new, later]
+    # Committed by a window of this job (or of one before a restart from nothing): skipped too.
+    _commit(committer, [(60, [_window_files(tmp_path, PREDICTIONS, [later], "p1.parquet")])])
+    assert passed(done, failed, new, later) == [new]
+    nothing = watch.SkipCommitted(str(tmp_path / "empty"), refresh_s=60)  # no tables yet
+    nothing.setup()
+    assert list(nothing.process(new)) == [new]
 
 
 def _errors(path, uris: list[str]) -> None:
