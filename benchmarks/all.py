@@ -4,7 +4,7 @@
     python -m benchmarks.all --only decode,pca     # some of them
 
 Writes benchmarks/results/{decode,decoders,bench,index_recall,pca,near_duplicates,shards,host_path,
-memory_budget}.{json,txt} and throughput_vs_batch.png, each written by its own benchmark,
+memory_budget,watch}.{json,txt} and throughput_vs_batch.png, each written by its own benchmark,
 untouched. Run it on a machine that is otherwise idle: the figures are rates. The GPU run is its own command
 (`python -m benchmarks.gpu`), on a GPU machine.
 """
@@ -36,8 +36,10 @@ STEPS = {
         6,
     ),
     "memory_budget": (["benchmarks.memory_budget", "--weights", "{out}/" + WEIGHTS], 2),
+    "watch": (["benchmarks.watch", "--weights", "{out}/" + WEIGHTS], 10),
 }
-TAKES_OUT = ("decode", "decoders", "bench", "shards", "memory_budget")  # the steps with a scratch folder
+# The steps with a scratch folder.
+TAKES_OUT = ("decode", "decoders", "bench", "shards", "memory_budget", "watch")
 
 
 def argv_for(name: str, out: str, results_dir: str) -> list[str]:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    needs_weights = {"near_duplicates", "shards", "host_path", "memory_budget"} & set(steps)
+    needs_weights = {"near_duplicates", "shards", "host_path", "memory_budget", "watch"} & set(steps)
     if needs_weights and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(

@@ -327,6 +327,13 @@ class VGGOptions(PipelineOptions):
             f"as it may still be being written (default {SETTLE_S:g}; 0 takes files at once)",
         )
         group.add_argument(
+            "--watch_pubsub",
+            default=None,
+            help="with --watch and gs:// --input patterns: take new objects from this Pub/Sub "
+            "subscription (projects/P/subscriptions/S) of the bucket's notifications instead of "
+            "listing the bucket at every poll (Dataflow; docs/watch.md)",
+        )
+        group.add_argument(
             "--window_shards",
             type=int,
             default=None,
@@ -570,7 +577,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("no output: pass --output DIRECTORY.")
     model = ModelConfig.from_args(args)
     DecodeConfig.from_args(args)
-    watch_only = ("poll_interval_s", "window_s", "settle_s", "window_shards")
+    watch_only = ("poll_interval_s", "window_s", "settle_s", "window_shards", "watch_pubsub")
     if args.watch:
         config = WatchConfig.from_args(args)
         filled = {
@@ -578,6 +585,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             "window_s": config.window_s,
             "settle_s": config.settle_s,
             "window_shards": config.shards,
+            "watch_pubsub": config.pubsub,
         }
         return argparse.Namespace(**{**vars(args), **filled, "min_batch_size": model.min_batch_size})
     given = [name for name in watch_only if getattr(args, name) is not None]

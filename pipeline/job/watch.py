@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
 import uuid
 
@@ -38,7 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.coders import BooleanCoder
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
@@ -64,6 +67,8 @@ from pipeline.storage import expand, first_cause, is_local
 
 log = logging.getLogger(__name__)
 
+# projects/PROJECT/subscriptions/NAME, as Pub/Sub names them.
+SUBSCRIPTION = re.compile(r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/subscriptions/[A-Za-z][\w.~+%-]{2,254}")
 TICKS = "ticks"
 TICK = "tick"  # what a poll's tick is on its way to the commit step
 WATCH_FOLDER = ".watch"  # OUT/.watch/: the markers of a running launch (markers())
@@ -87,6 +92,7 @@ class WatchConfig:
     settle_s: float = SETTLE_S
     shards: int = 1
     origin: float = 0.0
+    pubsub: str | None = None  # a subscription to the bucket's notifications, instead of listing
 
     def __post_init__(self):
         for flag, value, low in (
@@ -99,6 +105,17 @@ class WatchConfig:
             raise ConfigError(f"--settle_s must be 0 seconds or more. Received: {self.settle_s}")
         if self.shards < 1:
             raise ConfigError(f"--window_shards must be at least 1. Received: {self.shards}")
+        if self.pubsub is not None:
+            if not SUBSCRIPTION.fullmatch(self.pubsub):
+                raise ConfigError(
+                    "--watch_pubsub takes a subscription, projects/PROJECT/subscriptions/NAME. "
+                    f"Received: {self.pubsub!r}"
+                )
+            if not all(pattern.startswith("gs://") for pattern in self.patterns):
+                raise ConfigError(
+                    "--watch_pubsub takes the notifications of Cloud Storage buckets: every --input must "
+                    "be a gs:// pattern (the objects a notification names are kept if a pattern matches)."
+                )
 
     @classmethod
     def from_args(cls, args, *, origin: float | None = None) -> WatchConfig:
@@ -114,6 +131,7 @@ class WatchConfig:
                 "--retry_errors needs a batch run (--resume --retry_errors)."
             )
         given = {
+            "pubsub": args.watch_pubsub,
             "poll_interval_s": args.poll_interval_s,
             "window_s": args.window_s,
             "settle_s": args.settle_s,
@@ -159,6 +177,22 @@ def list_settled(tick, patterns: tuple[str, ...], settle_s: float, stop: str | N
             Metrics.counter(METRICS_NAMESPACE, "watch_list_failed").inc()
             log.warning("--watch: %s cannot be listed now (%s); trying again at the next poll",
                         printable(pattern), first_cause(error))  # fmt: skip
+
+
+def notified(message, patterns: tuple[str, ...]):
+    """A Cloud Storage notification -> the gs:// uri of the object it finalized, if a pattern matches it.
+
+    Pub/Sub messages of a bucket's notification configuration carry the event in their
+    attributes (eventType, bucketId, objectId); only OBJECT_FINALIZE, a new object or a
+    new generation of one, names a file to label.
+    """
+    attributes = message.attributes or {}
+    if attributes.get("eventType") != "OBJECT_FINALIZE":
+        return
+    uri = f"gs://{attributes.get('bucketId', '')}/{attributes.get('objectId', '')}"
+    if any(re.fullmatch(FileSystem.translate_pattern(pattern), uri) for pattern in patterns):
+        Metrics.counter(METRICS_NAMESPACE, "watch_notifications").inc()
+        yield uri
 
 
 def _exists(uri: str) -> bool:
@@ -259,12 +293,20 @@ class WatchInputs(beam.PTransform):
                 start_timestamp=Timestamp.of(config.origin), fire_interval=config.poll_interval_s
             )
             | "List"
-            >> beam.FlatMap(list_settled, config.patterns, config.settle_s, self._stop).with_outputs(
-                TICKS, main="uris"
-            )
+            >> beam.FlatMap(
+                list_settled, () if config.pubsub else config.patterns, config.settle_s, self._stop
+            ).with_outputs(TICKS, main="uris")
         )
+        found = listed.uris
+        if config.pubsub:
+            # The bucket says what lands; the polls only tick (and see the stop marker).
+            found = (
+                pbegin
+                | "Notifications" >> ReadFromPubSub(subscription=config.pubsub, with_attributes=True)
+                | "Finalized" >> beam.FlatMap(notified, config.patterns)
+            )
         uris = (
-            listed.uris
+            found
             | "KeyByUri" >> beam.Map(lambda uri: (uri, True)).with_output_types(tuple[str, bool])
             | "FirstSeen" >> beam.ParDo(FirstSeen())
             | "SkipCommitted"

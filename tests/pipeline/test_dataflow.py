@@ -199,3 +199,49 @@ def test_the_request_shows_the_job_s_own_options_as_configured(built):
     assert (options["min_batch_size"], options["embeddings"]) == (8, True)
     assert options["max_error_fraction"] == 0.01
     assert options["input_format"] == "files" and options["weights"].endswith("vgg16_untrained.npz")
+
+
+SUBSCRIPTION = "projects/my-project/subscriptions/inbox-finalized"
+
+
+def test_a_watch_with_pubsub_is_a_streaming_job_reading_the_buckets_notifications(npz_path, tmp_path):
+    # The launcher's own checks list gs:// and read the output's tables, which this machine
+    # cannot; here the request is built from the parsed options as run_watch builds it.
+    from pipeline import run
+    from pipeline.job import resume, watch
+    from vgg.weights import describe_weights
+
+    argv = [
+        "--config", str(CONFIG), *FILLED_IN,
+        "--input", "gs://my-bucket/inbox/**.jpg", "--output", str(tmp_path / "out"), "--weights", npz_path,
+        "--watch", "--watch_pubsub", SUBSCRIPTION, "--window_s", "120",
+        "--dry_run=True", "--no_auth",
+    ]  # fmt: skip
+    args, beam_args = parse_args(argv)
+    options = pipeline_options(args, beam_args)
+    options.view_as(beam.options.pipeline_options.StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    plan = resume.Plan(args.output)
+    run.build_watch_pipeline(
+        pipeline, args, describe_weights(npz_path), plan, watch.WatchConfig.from_args(args)
+    )
+    job = pipeline.run().job
+    client = apiclient.DataflowApplicationClient(options)
+    uploads = client.stage_file = Uploads()
+    client.create_job_description(job)
+    request = json.loads(job.json())
+    assert request["type"] == "JOB_TYPE_STREAMING"
+    (staged_url,) = [url for url in uploads.files if url.endswith("/pipeline.pb")]
+    staged = beam_runner_api_pb2.Pipeline.FromString(uploads.files[staged_url])
+    # Pub/Sub's read is Dataflow's own: the subscription is in its payload.
+    reads = [
+        t for t in staged.components.transforms.values() if t.spec.urn == "beam:transform:pubsub_read:v1"
+    ]
+    assert len(reads) == 1
+    payload = beam_runner_api_pb2.PubSubReadPayload.FromString(reads[0].spec.payload)
+    assert (payload.subscription, payload.with_attributes) == (SUBSCRIPTION, True)
+    names = {t.unique_name for t in staged.components.transforms.values()}
+    assert {"Watch/Finalized", "Watch/FirstSeen", "Watch/SkipCommitted", "Commit/Commit"} <= names
+    assert request["environment"]["serviceOptions"] == [T4_WITH_DRIVER]
+    options = request["environment"]["sdkPipelineOptions"]["options"]
+    assert (options["watch"], options["watch_pubsub"], options["window_s"]) == (True, SUBSCRIPTION, 120.0)

@@ -34,6 +34,7 @@ from tests.conftest import SAMPLES
 from tests.pipeline.conftest import PROVENANCE
 
 BASE = ["--input", "in/*", "--output", "out", "--weights", "w.npz"]
+SUB = "projects/my-project/subscriptions/inbox"
 
 
 # ------------------------------------------------------------------- options
@@ -60,6 +61,15 @@ def test_watch_options_and_their_defaults():
         (["--watch", "--window_s", "nan"], "--window_s must be at least 1 seconds"),
         (["--watch", "--settle_s", "-1"], "--settle_s must be 0 seconds or more"),
         (["--watch", "--window_shards", "0"], "--window_shards must be at least 1"),
+        (
+            ["--watch_pubsub", "projects/p-123/subscriptions/s"],
+            "--watch_pubsub projects/.* only applies with",
+        ),
+        (["--watch", "--watch_pubsub", "inbox"], "--watch_pubsub takes a subscription"),
+        (
+            ["--watch", "--watch_pubsub", "projects/my-project/subscriptions/inbox"],
+            "every --input must be a gs://",
+        ),
     ],
 )
 def test_what_watch_refuses(extra, message):
@@ -128,6 +138,29 @@ def test_once_the_stop_marker_is_there_a_poll_lists_nothing_but_still_ticks(tmp_
     assert polled(pattern, 0.0, stop) == ([f"{tmp_path}/a.jpg"], 1)
     watch.write_marker(stop, "1")
     assert polled(pattern, 0.0, stop) == ([], 1)
+
+
+def test_a_notification_names_a_finalized_object_that_a_pattern_matches():
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    def message(event, obj, bucket="my-bucket"):
+        return PubsubMessage(b"{}", {"eventType": event, "bucketId": bucket, "objectId": obj})
+
+    patterns = ("gs://my-bucket/inbox/**.jpg", "gs://my-bucket/top/*.png")
+    uris = [
+        uri
+        for found in (
+            message("OBJECT_FINALIZE", "inbox/a/b/c.jpg"),  # ** crosses folders
+            message("OBJECT_FINALIZE", "top/x.png"),
+            message("OBJECT_FINALIZE", "top/deeper/x.png"),  # * does not
+            message("OBJECT_FINALIZE", "inbox/notes.txt"),
+            message("OBJECT_DELETE", "inbox/gone.jpg"),
+            message("OBJECT_FINALIZE", "inbox/a.jpg", bucket="other-bucket"),
+            message("OBJECT_METADATA_UPDATE", "inbox/a.jpg"),
+        )
+        for uri in watch.notified(found, patterns)
+    ]
+    assert uris == ["gs://my-bucket/inbox/a/b/c.jpg", "gs://my-bucket/top/x.png"]
 
 
 # ------------------------------------------------------------------- what is skipped
