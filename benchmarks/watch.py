@@ -121,7 +121,8 @@ def summary(values: list[float]) -> dict:
 
 
 def run(args) -> dict:
-    work = args.out or tempfile.mkdtemp(prefix="bench-watch-")
+    # Absolute: the job spells every local uri absolute, and the image_ids follow the spelling.
+    work = os.path.abspath(args.out or tempfile.mkdtemp(prefix="bench-watch-"))
     inbox, staging, out = (os.path.join(work, f"watch-{name}") for name in ("inbox", "staging", "out"))
     for folder in (inbox, staging, out):
         shutil.rmtree(folder, ignore_errors=True)

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # How long one network operation of the launcher's fetch of Beam's Flink job-server jar may
 # stall before the fetch fails (the whole download of the jar takes longer).
 JAR_FETCH_TIMEOUT_S = 60
+# The launcher's deadline for following a --watch job on a portable runner
+# (--job_server_timeout, when not given): ten years, i.e. none.
+JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
 # Beam's S3 flags that carry credentials; the environment or an IAM role is the place for them.
 SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
 
@@ -608,4 +611,10 @@ def pipeline_options(
     not the defaults.
     """
     values = {key: value for key, value in vars(args).items() if value is not None}
-    return PipelineOptions(list(beam_args), save_main_session=save_main_session, **values)
+    options = PipelineOptions(list(beam_args), save_main_session=save_main_session, **values)
+    if args.watch and "job_server_timeout" not in options.get_all_options(drop_default=True):
+        # A portable runner (Prism, Flink) is followed through two gRPC streams whose deadline
+        # is --job_server_timeout (Beam's default: 300 s): past it the launcher fails while
+        # the job runs on. A --watch job never ends.
+        options.view_as(PortableOptions).job_server_timeout = JOB_STREAM_DEADLINE_S
+    return options
