@@ -192,7 +192,7 @@ def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, 
     return result
 
 
-# A drain waits this many windows and polls (plus labelling) at most for the last window.
+# A drain gives up after this many windows and polls without a window committed.
 DRAIN_WINDOWS = 10
 
 
@@ -202,17 +202,20 @@ def drain(result, output: str, token: str, config: watch.WatchConfig) -> None:
     Every file the job took was listed before the stop marker was written, so it belongs to
     a window that ends by the first window end after now; once the commit step has
     finished that window (the progress marker), nothing taken is uncommitted. A second
-    signal, the job ending by itself, or DRAIN_WINDOWS windows without progress cancel at once:
-    what was not committed is labelled by the next launch.
+    signal, the job ending by itself, or DRAIN_WINDOWS windows and polls without a window
+    committed cancel at once: what was not committed is labelled by the next launch.
     """
     stop, progress = watch.markers(output, token)
     asked = time.time()
     watch.write_marker(stop, str(asked))
-    deadline = time.monotonic() + DRAIN_WINDOWS * (config.window_s + config.poll_interval_s)
+    patience = DRAIN_WINDOWS * (config.window_s + config.poll_interval_s)
+    deadline, seen = time.monotonic() + patience, None
     try:
         with _signals_raise():
             while True:
                 done = watch.committed_until(progress)
+                if done != seen:  # a window was committed: the job is getting there
+                    deadline, seen = time.monotonic() + patience, done
                 if done is not None and done > asked:
                     log.info("drained: every window up to %s is committed", time.strftime(
                         "%H:%M:%S", time.gmtime(done)))  # fmt: skip
@@ -221,8 +224,8 @@ def drain(result, output: str, token: str, config: watch.WatchConfig) -> None:
                     log.warning("the job ended (%s) while draining", result.state)
                     return
                 if time.monotonic() > deadline:
-                    log.warning("the last window was not committed in time; cancelling: the next launch "
-                                "labels what it held")  # fmt: skip
+                    log.warning("no window was committed for %g s; cancelling: the next launch labels "
+                                "what was not committed", patience)  # fmt: skip
                     break
                 time.sleep(0.2)
     except _Stopped:
