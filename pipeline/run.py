@@ -115,6 +115,7 @@ def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None,
     # The launcher's own checks (input listing, output probe, --resume) go through the
     # same filesystems as the job, so they need its options (e.g. --s3_endpoint_url) too.
     FileSystems.set_options(beam_options)
+    options.check_job_endpoint(beam_options)
     info = check_launch(args)
     if info.untrained:
         # Once per run, on the launcher, before anything is submitted.

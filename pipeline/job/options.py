@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 # How long one network operation of the launcher's fetch of Beam's Flink job-server jar may
 # stall before the fetch fails (the whole download of the jar takes longer).
 JAR_FETCH_TIMEOUT_S = 60
-# The launcher's deadline for following a --watch job on a portable runner
-# (--job_server_timeout, when not given): ten years, i.e. none.
+# The launcher's deadline for following a job on a portable runner (--job_server_timeout,
+# when not given): ten years, i.e. none.
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
+# How long the launcher waits for an explicit --job_endpoint to accept a connection.
+JOB_ENDPOINT_CONNECT_S = 30
 # Beam's S3 flags that carry credentials; the environment or an IAM role is the place for them.
 SECRET_FLAGS = ("--s3_access_key_id", "--s3_secret_access_key", "--s3_session_token")
 
@@ -612,9 +614,34 @@ def pipeline_options(
     """
     values = {key: value for key, value in vars(args).items() if value is not None}
     options = PipelineOptions(list(beam_args), save_main_session=save_main_session, **values)
-    if args.watch and "job_server_timeout" not in options.get_all_options(drop_default=True):
-        # A portable runner (Prism, Flink) is followed through two gRPC streams whose deadline
-        # is --job_server_timeout (Beam's default: 300 s): past it the launcher fails while
-        # the job runs on. A --watch job never ends.
+    if "job_server_timeout" not in options.get_all_options(drop_default=True):
+        # A portable runner (Flink, Prism) is followed through two gRPC streams whose deadline
+        # is --job_server_timeout (Beam's default: 300 s): past it the launcher failed while
+        # the job ran on (on Prism, the job went with it). A job takes as long as it takes,
+        # and a --watch job never ends; check_job_endpoint keeps a dead endpoint from waiting.
         options.view_as(PortableOptions).job_server_timeout = JOB_STREAM_DEADLINE_S
     return options
+
+
+def check_job_endpoint(beam_options: PipelineOptions) -> None:
+    """An explicit --job_endpoint must answer, before anything is submitted.
+
+    Beam waits for a job endpoint as long as --job_server_timeout, which pipeline_options
+    makes as long as any job; so the launcher tries a connection itself, for at most
+    JOB_ENDPOINT_CONNECT_S.
+
+    Raises:
+        ConfigError: naming the endpoint and why it does not answer.
+    """
+    endpoint = beam_options.view_as(PortableOptions).job_endpoint
+    if not endpoint or endpoint in ("embed", "docker"):  # Beam's own in-process or container servers
+        return
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), JOB_ENDPOINT_CONNECT_S):
+            pass
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"--job_endpoint {endpoint!r} does not answer ({error}); start the job server first, or leave "
+            "--job_endpoint out for the runner to start its own (docs/flink.md)"
+        ) from error

@@ -516,3 +516,41 @@ def test_flink_without_a_reachable_jar_is_one_error_line_before_anything_runs(tm
         "--job_endpoint=HOST:PORT of a job server you run (docs/flink.md)."
     )
     assert not out.exists()
+
+
+def test_a_job_on_a_portable_runner_is_followed_past_beams_five_minutes():
+    # Beam follows a job on a portable runner (Flink, Prism) through streams whose deadline is
+    # --job_server_timeout, 300 s by default: a longer job failed its launcher there (seen on
+    # Prism with --job_server_timeout=6 and a 13 s job: DEADLINE_EXCEEDED, exit status 1).
+    from apache_beam.options.pipeline_options import PortableOptions
+
+    def deadline(*extra):
+        args, beam_args = parse_args([*BASE, *extra])
+        return options.pipeline_options(args, beam_args).view_as(PortableOptions).job_server_timeout
+
+    assert deadline() == options.JOB_STREAM_DEADLINE_S >= 10 * 365 * 24 * 3600
+    assert deadline("--watch") == options.JOB_STREAM_DEADLINE_S
+    assert deadline("--job_server_timeout=60") == 60  # the user's own value stays
+
+
+def test_a_job_endpoint_that_does_not_answer_is_one_error_line(tmp_path):
+    closed = f"127.0.0.1:{free_port()}"
+    done = run_job(
+        *("--input", "samples/*", "--output", tmp_path / "out", "--weights", "w.npz"),
+        "--runner=PortableRunner", f"--job_endpoint={closed}",
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: --job_endpoint '{closed}' does not answer (")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_job_endpoint_that_answers_passes():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        options.check_job_endpoint(PipelineOptions([f"--job_endpoint=127.0.0.1:{port}"]))
+    options.check_job_endpoint(PipelineOptions(["--job_endpoint=embed"]))  # Beam's own, in process
+    options.check_job_endpoint(PipelineOptions([]))

@@ -77,22 +77,6 @@ def test_what_watch_refuses(extra, message):
         parse_args([*BASE, *extra])
 
 
-def test_a_watch_launcher_follows_its_job_past_beams_five_minutes():
-    # Beam's portable runners follow a job through streams whose deadline is
-    # --job_server_timeout (300 s): a watch job's launcher failed there while the job ran on.
-    from apache_beam.options.pipeline_options import PortableOptions
-
-    from pipeline.job import options
-
-    def deadline(*extra):
-        args, beam_args = parse_args([*BASE, *extra])
-        return options.pipeline_options(args, beam_args).view_as(PortableOptions).job_server_timeout
-
-    assert deadline("--watch") == options.JOB_STREAM_DEADLINE_S >= 10 * 365 * 24 * 3600
-    assert deadline("--watch", "--job_server_timeout=60") == 60  # the user's own value stays
-    assert deadline() == 300  # a batch run keeps Beam's
-
-
 def test_a_watch_launch_needs_a_listable_pattern_not_a_file_yet(tmp_path, npz_path):
     from pipeline import run
 
