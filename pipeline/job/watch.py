@@ -150,7 +150,9 @@ class WatchConfig:
         """
         width = round(self.window_s * 1_000_000)
         first = (round(self.origin * 1_000_000) // width) * width
-        return base + max(0, (start.micros - first) // width)
+        if start.micros < first:  # every input is stamped at or after the launch (polls, notified)
+            raise ValueError(f"a window starting at {start} is before the launch's first window")
+        return base + (start.micros - first) // width
 
 
 # ------------------------------------------------------------------- finding files
@@ -179,7 +181,7 @@ def list_settled(tick, patterns: tuple[str, ...], settle_s: float, stop: str | N
                         printable(pattern), first_cause(error))  # fmt: skip
 
 
-def notified(message, patterns: tuple[str, ...]):
+def notified(message, patterns: tuple[str, ...], now=time.time):
     """A Cloud Storage notification -> the gs:// uri of the object it finalized, if a pattern matches it.
 
     Pub/Sub messages of a bucket's notification configuration carry the event in their
@@ -192,7 +194,10 @@ def notified(message, patterns: tuple[str, ...]):
     uri = f"gs://{attributes.get('bucketId', '')}/{attributes.get('objectId', '')}"
     if any(re.fullmatch(FileSystem.translate_pattern(pattern), uri) for pattern in patterns):
         Metrics.counter(METRICS_NAMESPACE, "watch_notifications").inc()
-        yield uri
+        # Stamped with now, as a poll's files are with the poll: a message published before
+        # the launch (the subscription's backlog) would otherwise fall in a window before
+        # the launch's first, whose run numbers (WatchConfig.window_run) are this launch's.
+        yield window.TimestampedValue(uri, now())
 
 
 def _exists(uri: str) -> bool:

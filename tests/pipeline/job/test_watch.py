@@ -147,8 +147,9 @@ def test_a_notification_names_a_finalized_object_that_a_pattern_matches():
         return PubsubMessage(b"{}", {"eventType": event, "bucketId": bucket, "objectId": obj})
 
     patterns = ("gs://my-bucket/inbox/**.jpg", "gs://my-bucket/top/*.png")
-    uris = [
-        uri
+    before = time.time()
+    stamped = [
+        out
         for found in (
             message("OBJECT_FINALIZE", "inbox/a/b/c.jpg"),  # ** crosses folders
             message("OBJECT_FINALIZE", "top/x.png"),
@@ -158,9 +159,12 @@ def test_a_notification_names_a_finalized_object_that_a_pattern_matches():
             message("OBJECT_FINALIZE", "inbox/a.jpg", bucket="other-bucket"),
             message("OBJECT_METADATA_UPDATE", "inbox/a.jpg"),
         )
-        for uri in watch.notified(found, patterns)
+        for out in watch.notified(found, patterns)
     ]
-    assert uris == ["gs://my-bucket/inbox/a/b/c.jpg", "gs://my-bucket/top/x.png"]
+    assert [out.value for out in stamped] == ["gs://my-bucket/inbox/a/b/c.jpg", "gs://my-bucket/top/x.png"]
+    # Stamped with the time it arrives, never its publish time: a backlog from before the
+    # launch must not fall in windows before the launch's first (their runs are taken).
+    assert all(out.timestamp.micros >= before * 1_000_000 for out in stamped)
 
 
 # ------------------------------------------------------------------- what is skipped
@@ -220,6 +224,8 @@ def test_window_runs_count_windows_from_the_launch():
     assert config.window_run(7, first) == 7
     assert config.window_run(7, Timestamp.of(1_000_080)) == 8
     assert config.window_run(7, Timestamp.of(1_000_020 + 60 * 100)) == 107
+    with pytest.raises(ValueError, match="before the launch's first window"):
+        config.window_run(7, Timestamp.of(1_000_020 - 60))
 
 
 def test_decode_keeps_each_output_in_its_inputs_window():
