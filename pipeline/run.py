@@ -60,6 +60,20 @@ def build_pipeline(
     plan = plan or resume.Plan(args.output)
     source = shards.InputConfig.from_args(args)
     read = pipeline | "Inputs" >> shards.ReadInputs(source, reader=reader, plan=plan)
+    tables = label(read, args, info, handler=handler, decode=decode)
+    provenance = options.provenance(args, info)
+    written = tables | "Write" >> write.WriteOutputs(
+        args.output, provenance=provenance, embeddings=args.embeddings, run=plan.run, token=plan.token
+    )
+    commit = plan.commit(write.schemas(provenance, embeddings=args.embeddings), provenance)
+    written | "Commit" >> write.CommitRun(commit, s3)
+
+
+def label(read, args, info: WeightsInfo, *, handler=None, decode=None) -> dict:
+    """{"images", "errors"} as read -> {table: rows}: the images labelled, every errors row together.
+
+    `handler` and `decode` replace the real model handler and image decoder (tests).
+    """
     config = DecodeConfig.from_args(args)
     if decode is not None:
         config = dataclasses.replace(config, decode=decode)
@@ -68,13 +82,7 @@ def build_pipeline(
         handler, config, top_k=args.top_k, embeddings=args.embeddings
     )
     errors = (read[contract.ERRORS], labelled[contract.ERRORS]) | "AllErrors" >> beam.Flatten()
-    tables = {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
-    provenance = options.provenance(args, info)
-    written = tables | "Write" >> write.WriteOutputs(
-        args.output, provenance=provenance, embeddings=args.embeddings, run=plan.run, token=plan.token
-    )
-    commit = plan.commit(write.schemas(provenance, embeddings=args.embeddings), provenance)
-    written | "Commit" >> write.CommitRun(commit, s3)
+    return {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
 
 
 def build_watch_pipeline(
@@ -91,13 +99,7 @@ def build_watch_pipeline(
     read = uris | "Read" >> files.ReadImages(
         reader or shards.file_reader(source.max_bytes, source.read_timeout_s)
     )
-    decode = DecodeConfig.from_args(args)
-    handler = handler or VGG16ModelHandler(ModelConfig.from_args(args, sha256=info.sha256))
-    labelled = read["images"] | "Label" >> LabelImages(
-        handler, decode, top_k=args.top_k, embeddings=args.embeddings
-    )
-    errors = (read[contract.ERRORS], labelled[contract.ERRORS]) | "AllErrors" >> beam.Flatten()
-    tables = {contract.PREDICTIONS: labelled[contract.PREDICTIONS], contract.ERRORS: errors}
+    tables = label(read, args, info, handler=handler)
     provenance = options.provenance(args, info)
     schemas = write.schemas(provenance, embeddings=args.embeddings)
     written = tables | "Write" >> watch.WriteWindows(args.output, schemas, config, plan.run, plan.token)

@@ -62,7 +62,7 @@ from pipeline.contract import (
 )
 from pipeline.job import failpoints
 from pipeline.job.read.files import absolute
-from pipeline.job.write import PARQUET, parquet_writer
+from pipeline.job.write import PARQUET, parquet_writer, rows_to_batch
 from pipeline.storage import expand, first_cause, is_local
 
 log = logging.getLogger(__name__)
@@ -400,17 +400,12 @@ class _WriteWindowFile(beam.DoFn):
             for row in rows:
                 pending.append(row)
                 if len(pending) >= batch:
-                    writer.write_table(_table_of(pending, self._schema))
+                    writer.write_batch(rows_to_batch(pending, self._schema))
                     pending = []
             if pending:
-                writer.write_table(_table_of(pending, self._schema))
+                writer.write_batch(rows_to_batch(pending, self._schema))
             writer.close()
         yield self._table, delta.describe(self._output, self._table, uri)
-
-
-def _table_of(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    columns = [pa.array([row[name] for row in rows], type=schema.field(name).type) for name in schema.names]
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class WriteWindows(beam.PTransform):

@@ -127,11 +127,7 @@ class _RowsToTables(beam.DoFn):
             yield GlobalWindows.windowed_value(self._table())
 
     def _flush_rows(self) -> None:
-        columns = [
-            pa.array([row[name] for row in self._rows], type=self._schema.field(name).type)
-            for name in self._schema.names
-        ]
-        batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        batch = rows_to_batch(self._rows, self._schema)
         self._batches.append(batch)
         self._bytes += batch.nbytes
         self._rows = []
@@ -140,6 +136,12 @@ class _RowsToTables(beam.DoFn):
         table = pa.Table.from_batches(self._batches, schema=self._schema)
         self._batches, self._bytes = [], 0
         return table
+
+
+def rows_to_batch(rows: list[dict], schema: pa.Schema) -> pa.RecordBatch:
+    """Row dicts -> one Arrow record batch of `schema`."""
+    columns = [pa.array([row[name] for row in rows], type=schema.field(name).type) for name in schema.names]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
 class _ParquetSink(FileBasedSink):
