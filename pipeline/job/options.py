@@ -12,10 +12,13 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import json
 import logging
 import os
 import shutil
 import socket
+import time
+import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn
 
@@ -51,6 +54,8 @@ JAR_FETCH_TIMEOUT_S = 60
 # The launcher's deadline for following a job on a portable runner (--job_server_timeout,
 # when not given): ten years, i.e. none.
 JOB_STREAM_DEADLINE_S = 10 * 365 * 24 * 3600
+# One call to a Flink cluster's REST API.
+REST_TIMEOUT_S = 30
 # How long the launcher waits for an explicit --job_endpoint to accept a connection.
 JOB_ENDPOINT_CONNECT_S = 30
 # Beam's S3 flags that carry credentials; the environment or an IAM role is the place for them.
@@ -101,8 +106,10 @@ class FlagTable(OptionParser):
         self.declared = []
         if classes is None:
             # As Beam's PipelineOptions.get_all_options gathers them: the last definition of
-            # a class wins.
-            classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values()
+            # a class wins. Then the options Beam learns from the Flink job server only when
+            # it submits a job (FlinkJobServerFlags).
+            beams = {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values()
+            classes = [*beams, FlinkJobServerFlags]
         for cls in classes:
             # The hook through which every options class, VGGOptions too, declares its flags.
             cls._add_argparse_args(self)
@@ -142,6 +149,74 @@ class FlagTable(OptionParser):
     def spellings(self) -> list[str]:
         """Every flag as it may be typed, aliases too (--experiment, --no_save_main_session)."""
         return [spelling for flag in self.declared or () for spelling in flag.option_strings]
+
+
+# The options of Beam's Flink job server that Python's FlinkRunnerOptions does not declare
+# (Java's FlinkPipelineOptions and VersionDependentFlinkPipelineOptions: name, type,
+# default), as the job server describes them to Beam's portable runner, which adds them to
+# its parser only when it submits the job. Beam types them from that description: INTEGER
+# an int, BOOLEAN a bare flag that turns the default around, STRING as given.
+# tests/pipeline/test_flink.py compares this list with a live job server's description.
+FLINK_JOB_SERVER_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("allow_non_restored_state", "BOOLEAN", "false"),
+    ("attached_mode", "BOOLEAN", "true"),
+    ("auto_balance_write_files_sharding_enabled", "BOOLEAN", "false"),
+    ("auto_watermark_interval", "INTEGER", ""),
+    ("checkpoint_timeout_millis", "INTEGER", "-1"),
+    ("checkpointing_interval", "INTEGER", "-1"),
+    ("checkpointing_mode", "STRING", "EXACTLY_ONCE"),
+    ("disable_metrics", "BOOLEAN", "false"),
+    ("enable_stable_input_drain", "BOOLEAN", "false"),
+    ("execution_mode_for_batch", "STRING", "PIPELINED"),
+    ("execution_retry_delay", "INTEGER", "-1"),
+    ("externalized_checkpoints_enabled", "BOOLEAN", "false"),
+    ("fail_on_checkpointing_errors", "BOOLEAN", "true"),
+    ("faster_copy", "BOOLEAN", "false"),
+    ("file_input_split_max_size_m_b", "INTEGER", "0"),
+    ("finish_bundle_before_checkpointing", "BOOLEAN", "false"),
+    ("flink_conf_dir", "STRING", ""),
+    ("force_unaligned_checkpoint_enabled", "BOOLEAN", "false"),
+    ("job_check_interval_in_secs", "INTEGER", "5"),
+    ("latency_tracking_interval", "INTEGER", "0"),
+    ("max_bundle_size", "INTEGER", "MaxBundleSizeFactory"),
+    ("max_bundle_time_mills", "INTEGER", "MaxBundleTimeFactory"),
+    ("min_pause_between_checkpoints", "INTEGER", "-1"),
+    ("num_concurrent_checkpoints", "INTEGER", "1"),
+    ("number_of_execution_retries", "INTEGER", "-1"),
+    ("object_reuse", "BOOLEAN", "false"),
+    ("operator_chaining", "BOOLEAN", "true"),
+    ("re_iterable_group_by_key_result", "BOOLEAN", "false"),
+    ("report_checkpoint_duration", "STRING", ""),
+    ("retain_externalized_checkpoints_on_cancellation", "BOOLEAN", "false"),
+    ("savepoint_path", "STRING", ""),
+    ("shutdown_sources_after_idle_ms", "INTEGER", "-1"),
+    ("state_backend", "STRING", ""),
+    ("state_backend_factory", "STRING", ""),
+    ("state_backend_storage_path", "STRING", ""),
+    ("unaligned_checkpoint_enabled", "BOOLEAN", "false"),
+    ("use_data_stream_for_batch", "BOOLEAN", "false"),
+)
+FLINK_RUNNERS = ("flink", "flinkrunner", "portablerunner")
+
+
+class FlinkJobServerFlags:
+    """FLINK_JOB_SERVER_OPTIONS declared as Beam's portable runner declares them, for FlagTable."""
+
+    @staticmethod
+    def _add_argparse_args(parser: argparse.ArgumentParser) -> None:
+        for name, kind, default in FLINK_JOB_SERVER_OPTIONS:
+            if kind == "BOOLEAN":
+                parser.add_argument(f"--{name}", action="store_false" if default == "true" else "store_true",
+                                    default=None)  # fmt: skip
+            elif kind == "INTEGER":
+                parser.add_argument(f"--{name}", type=int, default=None)
+            else:
+                parser.add_argument(f"--{name}", default=None)
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """--runner, lower case, without its module (flinkrunner, dataflowrunner, ...); '' when not given."""
+    return (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
 
 
 def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
@@ -445,8 +520,14 @@ def check_beam_args(beam_args: Sequence[str]) -> None:
             known flag's bad value.
     """
     parser = FlagTable()
-    _, unknown = parser.parse_known_args(list(beam_args))
+    parsed, unknown = parser.parse_known_args(list(beam_args))
     if not unknown:
+        flink_only = [name for name, _, _ in FLINK_JOB_SERVER_OPTIONS if getattr(parsed, name) is not None]
+        if flink_only and runner_name(PipelineOptions(list(beam_args))) not in FLINK_RUNNERS:
+            raise ConfigError(
+                f"--{flink_only[0]} is an option of Beam's Flink job server: it applies with "
+                "--runner=FlinkRunner (docs/flink.md)."
+            )
         return
     arg = unknown[0]
     if not arg.startswith("--"):
@@ -474,8 +555,7 @@ def check_flink_job_server(beam_args: Sequence[str]) -> None:
         ConfigError: what is missing, and how to get a job server.
     """
     options = PipelineOptions(list(beam_args))
-    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1].lower()
-    if runner not in ("flink", "flinkrunner") or options.view_as(PortableOptions).job_endpoint:
+    if runner_name(options) not in ("flink", "flinkrunner") or options.view_as(PortableOptions).job_endpoint:
         return
     flink = options.view_as(FlinkRunnerOptions)
     jar = flink.flink_job_server_jar
@@ -492,16 +572,98 @@ def check_flink_job_server(beam_args: Sequence[str]) -> None:
         )
     if jar and "://" not in jar:
         return
+    local = flink_job_server_jar(options, how)
+    log.info("Beam's Flink job server: %s, from %s", local, FlinkJarJobServer(options).path_to_jar())
+
+
+def flink_job_server_jar(options: PipelineOptions, how: str = "pass --flink_job_server_jar=JAR") -> str:
+    """The local path of the Flink job-server jar that Beam's FlinkRunner uses (fetched into Beam's cache).
+
+    Raises:
+        ConfigError: it cannot be fetched (`how`: what the user can do instead).
+    """
     url = FlinkJarJobServer(options).path_to_jar()
     try:
         with _network_timeout(JAR_FETCH_TIMEOUT_S), _quiet(subprocess_server.__name__):
-            local = JavaJarJobServer.local_jar(url, options.view_as(JobServerOptions).jar_cache_dir)
+            return JavaJarJobServer.local_jar(url, options.view_as(JobServerOptions).jar_cache_dir)
     except (RuntimeError, OSError, ValueError) as error:
         raise ConfigError(
             f"Beam's FlinkRunner could not fetch its Flink job server jar ({' '.join(str(error).split())}); "
             f"{how}."
         ) from error
-    log.info("Beam's Flink job server: %s, from %s", local, url)
+
+
+# How long the launcher waits for a Flink cluster to report a job it cancelled as stopped.
+FLINK_CANCEL_S = 60
+FLINK_ENDED = ("CANCELED", "FINISHED", "FAILED")
+
+
+def cancel_flink_job(options: PipelineOptions, beam_job_id: str, timeout_s: float = FLINK_CANCEL_S) -> None:
+    """Cancels, by --flink_master's REST API, the Flink job running Beam job `beam_job_id`; waits for it.
+
+    Beam's job server, asked to cancel, ends its own invocation but leaves the job running
+    on a Flink cluster. The Flink job is named after Beam's job (its id less the final
+    `_UUID`). Nothing to do without a cluster address ([auto], [local]: the job runs inside
+    the job server) or when the job has ended already. A cluster that does not answer is
+    logged, not raised: the launcher is stopping anyway.
+    """
+    master = options.view_as(FlinkRunnerOptions).flink_master or ""
+    if not master or master.startswith("["):
+        return
+    base = (master if "://" in master else f"http://{master}").rstrip("/")
+    name = beam_job_id.rsplit("_", 1)[0]
+    try:
+        jobs = [job for job in _flink_rest(f"{base}/jobs/overview")["jobs"] if job["name"] == name]
+        for job in jobs:
+            if job["state"] not in FLINK_ENDED:
+                _flink_rest(f"{base}/jobs/{job['jid']}?mode=cancel", method="PATCH")
+        deadline = time.monotonic() + timeout_s
+        for job in jobs:
+            while _flink_rest(f"{base}/jobs/{job['jid']}")["state"] not in FLINK_ENDED:
+                if time.monotonic() > deadline:
+                    log.warning("Flink job %s did not stop within %g s of its cancel", job["jid"], timeout_s)
+                    return
+                time.sleep(0.5)
+            log.info("Flink job %s (%s) stopped", job["jid"], name)
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("could not cancel the Flink job of %s at %s: %s", name, base, error)
+
+
+def _flink_rest(url: str, method: str = "GET") -> dict:
+    request = urllib.request.Request(url, method=method)
+    with urllib.request.urlopen(request, timeout=REST_TIMEOUT_S) as response:
+        body = response.read()
+    return json.loads(body) if body.strip() else {}
+
+
+EXPANSION_SERVICE_MAIN = "org.apache.beam.sdk.expansion.service.ExpansionService"
+
+
+@contextlib.contextmanager
+def flink_expansion_service(options: PipelineOptions):
+    """Within: Beam's Java expansion service from the Flink job-server jar, on a free local port: its address.
+
+    A --watch job on Flink ticks with Java's GenerateSequence (pipeline.job.watch.JavaTicks),
+    which this service expands while the pipeline is built. It runs with Beam's
+    use_deprecated_read experiment, so the source stays a Read that the Flink runner reads
+    itself: as a splittable DoFn, which is how Beam would run it otherwise, its state on
+    the portable Flink runner grows with every poll (apache/beam#27648).
+    """
+    from apache_beam.portability.api import beam_expansion_api_pb2_grpc
+
+    jar = flink_job_server_jar(options)
+    java = options.view_as(JobServerOptions).job_server_java_launcher
+    (port,) = subprocess_server.pick_port(None)
+    command = [java, "-cp", jar, EXPANSION_SERVICE_MAIN, str(port), "--experiments=use_deprecated_read"]
+    stub = beam_expansion_api_pb2_grpc.ExpansionServiceStub
+    server = subprocess_server.SubprocessServer(stub, command, port=port)
+    with _quiet(subprocess_server.__name__):
+        server.start()
+    log.info("Java expansion service (GenerateSequence for --watch's polls) on localhost:%d", port)
+    try:
+        yield f"localhost:{port}"
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

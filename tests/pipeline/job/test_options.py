@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import functools
 import http.server
+import json
 import os
 import re
 import socket
@@ -242,6 +243,28 @@ def test_beam_flags_of_every_runner_pass(tmp_path):
         ]
     )
     assert "--parallelism=2" in beam_args and "use_runner_v2" in beam_args
+
+
+def test_flink_job_server_flags_pass_with_the_flink_runner_only(tmp_path):
+    # Beam's portable runner learns these from the Flink job server only when it submits a
+    # job; without the list here, --checkpointing_interval was refused as unknown.
+    jar = tmp_path / "job-server.jar"
+    jar.touch()
+    flink = [*FLINK, f"--flink_job_server_jar={jar}", f"--job_server_java_launcher={sys.executable}"]
+    given = ["--checkpointing_interval=2000", "--externalized_checkpoints_enabled", "--state_backend=rocksdb"]
+    _, beam_args = parse_args([*BASE, *flink, *given])
+    assert all(flag in beam_args for flag in given)
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, "--checkpointing_interval=2000"])
+    assert str(info.value) == (
+        "--checkpointing_interval is an option of Beam's Flink job server: it applies with "
+        "--runner=FlinkRunner (docs/flink.md)."
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_args([*BASE, *flink, "--checkpointing_interval=often"])
+    assert str(info.value) == "argument --checkpointing_interval: invalid int value: 'often'"
+    with pytest.raises(ConfigError, match=r"^unrecognized option --checkpointing_intervall \(did you mean "):
+        parse_args([*BASE, *flink, "--checkpointing_intervall=2000"])
 
 
 def test_a_typo_costs_seconds_and_writes_nothing(tmp_path, npz_path, photo_dir):
@@ -516,6 +539,68 @@ def test_flink_without_a_reachable_jar_is_one_error_line_before_anything_runs(tm
         "--job_endpoint=HOST:PORT of a job server you run (docs/flink.md)."
     )
     assert not out.exists()
+
+
+@contextlib.contextmanager
+def flink_rest(jobs: dict[str, dict]):
+    """http://127.0.0.1:PORT answering as a Flink cluster's REST API for `jobs` (jid: {name, state}).
+
+    A cancel (PATCH /jobs/JID?mode=cancel) moves its job to CANCELLING, and the next look at it to CANCELED.
+    """
+
+    class Rest(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def answer(self, body: dict):
+            data = json.dumps(body).encode()
+            self.send_response(202 if self.command == "PATCH" else 200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/jobs/overview":
+                return self.answer({"jobs": [{"jid": jid, **job} for jid, job in jobs.items()]})
+            job = jobs[self.path.removeprefix("/jobs/")]
+            if job["state"] == "CANCELLING":
+                job["state"] = "CANCELED"
+            return self.answer({"state": job["state"]})
+
+        def do_PATCH(self):
+            jid, _, mode = self.path.removeprefix("/jobs/").partition("?mode=")
+            assert mode == "cancel"
+            jobs[jid]["state"] = "CANCELLING"
+            self.answer({})
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rest)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_drained_watch_job_is_cancelled_on_the_flink_cluster():
+    # Beam's job server ends its invocation on a cancel and leaves the Flink job running;
+    # the launcher cancels the job named after Beam's job by the cluster's REST API.
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    jobs = {
+        "a1": {"name": "beamapp-x-1203", "state": "RUNNING"},
+        "b2": {"name": "beamapp-other-1203", "state": "RUNNING"},
+        "c3": {"name": "beamapp-x-1203", "state": "FINISHED"},  # an earlier job of the same name
+    }
+    with flink_rest(jobs) as master:
+        options.cancel_flink_job(PipelineOptions([f"--flink_master={master}"]), "beamapp-x-1203_0f1e2d3c")
+    states = {jid: job["state"] for jid, job in jobs.items()}
+    assert states == {"a1": "CANCELED", "b2": "RUNNING", "c3": "FINISHED"}
+    # A job that runs inside the job server ([auto], [local]) has no cluster to ask; one that
+    # does not answer is a warning: the launcher is stopping anyway.
+    options.cancel_flink_job(PipelineOptions(["--flink_master=[auto]"]), "beamapp-x-1203_0f1e2d3c")
+    options.cancel_flink_job(PipelineOptions([f"--flink_master=127.0.0.1:{free_port()}"]), "beamapp-x_1")
 
 
 def test_a_job_on_a_portable_runner_is_followed_past_beams_five_minutes():
