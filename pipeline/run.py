@@ -23,7 +23,7 @@ from apache_beam.runners.runner import PipelineState  # noqa: E402
 
 from pipeline import ConfigError, contract, logs, storage  # noqa: E402
 from pipeline import table as delta  # noqa: E402
-from pipeline.job import failpoints, options, resume, watch, write  # noqa: E402
+from pipeline.job import failpoints, options, resume, summary, watch, write  # noqa: E402
 from pipeline.job.decode import DecodeConfig  # noqa: E402
 from pipeline.job.label import LabelImages  # noqa: E402
 from pipeline.job.model_handler import ModelConfig, VGG16ModelHandler  # noqa: E402
@@ -102,9 +102,9 @@ def build_watch_pipeline(
     tables = label(read, args, info, handler=handler)
     provenance = options.provenance(args, info)
     schemas = write.schemas(provenance, embeddings=args.embeddings)
-    written = tables | "Write" >> watch.WriteWindows(args.output, schemas, config, plan.run, plan.token)
+    written = tables | "Write" >> watch.WriteWindows(args.output, schemas, config, plan.token)
     spec = plan.commit(schemas, provenance)
-    (written, found[watch.TICKS]) | "Commit" >> watch.CommitWindows(spec, config, plan.run, s3)
+    (written, found[watch.TICKS]) | "Commit" >> watch.CommitWindows(spec, s3)
 
 
 def run(argv=None, save_main_session=False, test_pipeline=None, *, handler=None, reader=None, decode=None):
@@ -161,37 +161,52 @@ def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, 
         # the periodic poll waiting; Prism, Beam's local portable runner, runs it.
         standard.runner = "PrismRunner"
         log.info("--watch on this machine: Beam's Prism runner (streaming) instead of the DirectRunner")
+    table_options = delta.storage_options(args.output, s3)
     plan = resume.prepare(
         args.output,
         resume=True,
         retry_errors=False,
         provenance=options.provenance(args, info),
         embeddings=args.embeddings,
-        options=delta.storage_options(args.output, s3),
+        options=table_options,
     )
-    config = watch.WatchConfig.from_args(args)
-    pipeline = test_pipeline or beam.Pipeline(options=beam_options)
-    build_watch_pipeline(pipeline, args, info, plan, config, handler=handler, s3=s3)
-    failpoints.hit("launched")
-    log.info(
-        "watching %s every %g s; windows of %g s committed to %s from run %d on; SIGTERM or Ctrl-C drains it",
-        ", ".join(contract.printable(pattern) for pattern in config.patterns),
-        config.poll_interval_s,
-        config.window_s,
-        contract.printable(args.output),
-        plan.run,
-    )
-    start = time.monotonic()
-    result = pipeline.run()
+    on_flink = options.runner_name(beam_options) in options.FLINK_RUNNERS
+    before = watch.table_files(args.output, table_options)  # the summary counts what is committed after
+    with contextlib.ExitStack() as launching:
+        tick_service = None
+        if on_flink:
+            # Polls ticked by a source Flink reads itself (watch.JavaTicks), expanded by Java.
+            tick_service = launching.enter_context(options.flink_expansion_service(beam_options))
+        config = watch.WatchConfig.from_args(args, tick_service=tick_service)
+        pipeline = test_pipeline or beam.Pipeline(options=beam_options)
+        build_watch_pipeline(pipeline, args, info, plan, config, handler=handler, s3=s3)
+        failpoints.hit("launched")
+        log.info(
+            "watching %s every %g s; windows of %g s committed to %s from run %d on; "
+            "SIGTERM or Ctrl-C drains it",
+            ", ".join(contract.printable(pattern) for pattern in config.patterns),
+            config.poll_interval_s,
+            config.window_s,
+            contract.printable(args.output),
+            plan.run,
+        )
+        start = time.monotonic()
+        result = pipeline.run()
     try:
         with _signals_raise():
             result.wait_until_finish()
     except _Stopped as stopped:
         log.info("%s: draining: no more files are taken; the windows of those taken are committed", stopped)
         drain(result, args.output, plan.token, config)
+        if on_flink:
+            # Beam's job server cancels its invocation, not the cluster's job (cancel_flink_job).
+            options.cancel_flink_job(beam_options, result._job_id)  # Beam's PipelineResult names it only here
     finally:
         watch.remove_markers(args.output, plan.token)
-    print(summarize(result, time.monotonic() - start, args.max_error_fraction), flush=True)
+    found = watch.committed_since(args.output, table_options, before)
+    if not on_flink:  # a cancelled streaming job on Flink reports no counters
+        found["inputs_skipped"] = summary.counters(result).get("inputs_skipped", 0)
+    print(summarize(result, time.monotonic() - start, args.max_error_fraction, found), flush=True)
     return result
 
 

@@ -311,6 +311,8 @@ class RunCommit:
     schemas: dict[str, pa.Schema]
     provenance: dict[str, str]
     token: str = ""
+    # More of the commit's metadata, in both tables' entries (a --watch pane's identity).
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def pending(self) -> dict[str, object]:
         """What step 1 records for step 2 (and for a roll forward)."""
@@ -346,25 +348,6 @@ def replace_with(
     return commit.run
 
 
-def check_window_order(output: str, run: int, options: dict[str, str]) -> None:
-    """Refuses to commit run `run` after a later run is in: the tables' run numbers only go up.
-
-    A --watch job commits its windows in order, one after the other; a window found
-    uncommitted behind a later one would otherwise be taken for committed and its rows lost.
-
-    Raises:
-        TableError: naming both runs (the step fails, and the runner retries or stops the job).
-    """
-    for table in TABLES:
-        found = open_table(table_uri(output, table), options)
-        later = run_of(found)
-        if later > run and not any(_entry_run(entry) == run for entry in found.history()):
-            raise TableError(
-                f"{table_uri(output, table)}: run {run} is not committed but run {later} is; a window "
-                "cannot be committed behind a later one"
-            )
-
-
 def commit_errors(commit: RunCommit, options: dict[str, str]) -> bool:
     """Step 1: the errors table, with step 2's file list in the commit's metadata."""
     return commit_table(
@@ -375,7 +358,7 @@ def commit_errors(commit: RunCommit, options: dict[str, str]) -> bool:
         run=commit.run,
         schema=commit.schemas[ERRORS],
         options=options,
-        metadata={**_provenance_metadata(commit.provenance), **commit.pending()},
+        metadata={**_provenance_metadata(commit.provenance), **commit.pending(), **commit.metadata},
     )
 
 
@@ -389,8 +372,22 @@ def commit_predictions(commit: RunCommit, options: dict[str, str]) -> bool:
         run=commit.run,
         schema=commit.schemas[PREDICTIONS],
         options=options,
-        metadata=_provenance_metadata(commit.provenance),
+        metadata={**_provenance_metadata(commit.provenance), **commit.metadata},
     )
+
+
+def run_of_commit(output: str, key: str, value: str, options: dict[str, str], lookback: int) -> int | None:
+    """The run whose errors commit (step 1) recorded `key: value`, in the last `lookback` versions (or None).
+
+    How a --watch pane's commit finds itself when it is retried.
+    """
+    found = open_table(table_uri(output, ERRORS), options)
+    if found is None:
+        return None
+    for entry in found.history(limit=lookback):
+        if entry.get(key) == value:
+            return _entry_run(entry)
+    return None
 
 
 def _provenance_metadata(provenance: dict[str, str]) -> dict[str, object]:

@@ -21,13 +21,13 @@ def counters(result) -> dict[str, int]:
     return found
 
 
-def summarize(result, wall_s: float, max_error_fraction: float) -> str:
-    """The run's one-line summary.
+def summarize(result, wall_s: float, max_error_fraction: float, found: dict[str, int] | None = None) -> str:
+    """The run's one-line summary, from the job's counters (or `found`, counters counted elsewhere).
 
     Raises:
         JobFailed: more than max_error_fraction of the inputs failed (the message holds the line).
     """
-    found = counters(result)
+    found = counters(result) if found is None else found
     labelled = found.get("images_labelled", 0)
     failed = {stage: found.get(f"failed_{stage}", 0) for stage in STAGES}
     total = labelled + sum(failed.values())

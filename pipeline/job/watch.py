@@ -10,10 +10,11 @@ uri in the runner's state, which a runner with checkpoints (Flink, Dataflow) res
 a fault. Across launches, and after a restart from nothing, the output decides: every
 worker holds the image_ids of both committed tables, looked at again once per poll, and
 skips them (SkipCommitted), so a restarted job picks up what landed while it was down and
-nothing it had committed. Each window commits as a run of the table protocol
-(pipeline.table), numbered from the window's start, so a retried commit finds its run in
-the tables and commits nothing twice; the files of a window whose commit never happened
-were never part of the output, and their inputs are labelled again.
+nothing it had committed. Each pane of a window (the one when the watermark passes its
+end, and one for rows that reach it late) commits as the next run of the table protocol
+(pipeline.table), and records which pane it was; a retried commit finds its pane in the
+tables and commits nothing twice. The files of a pane whose commit never happened were
+never part of the output, and their inputs are labelled again.
 
 Why not Beam's fileio.MatchContinuously: it lists local folders with Python's glob, which
 follows links to folders (a link to a parent lists the tree again on every poll) and
@@ -44,14 +45,17 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
+from apache_beam.transforms.external import ExternalTransform, ImplicitSchemaPayloadBuilder
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from pipeline import METRICS_NAMESPACE, ConfigError
 from pipeline import table as delta
 from pipeline.contract import (
     ERRORS,
+    METADATA_PREFIX,
     PREDICTIONS,
     SUFFIX,
     TABLES,
@@ -77,13 +81,20 @@ WINDOW_S = 60.0
 # A local file modified less than this long ago may still be being written (a copy in
 # progress): it is left for a later poll. Objects in a bucket appear whole.
 SETTLE_S = 5.0
+# How long after a window's end its rows are still taken (in a late pane of their own): a
+# row that a runner brings after the watermark passed its window is committed, not dropped.
+ALLOWED_LATENESS_S = 3600
+# A pane's commit records `TOKEN:WINDOW_START_MICROS:PANE_INDEX` under this key; a retried
+# commit looks for it among the output's last PANE_LOOKBACK versions.
+PANE_KEY = f"{METADATA_PREFIX}watch_pane"
+PANE_LOOKBACK = 1000
 
 
 @dataclasses.dataclass(frozen=True)
 class WatchConfig:
     """How a --watch job finds files and commits them (--poll_interval_s, --window_s, --settle_s).
 
-    `origin` is the launch's time (seconds since the epoch): windows are numbered from it.
+    `origin` is the launch's time (seconds since the epoch): Beam's PeriodicImpulse ticks from it.
     """
 
     patterns: tuple[str, ...]
@@ -93,6 +104,9 @@ class WatchConfig:
     shards: int = 1
     origin: float = 0.0
     pubsub: str | None = None  # a subscription to the bucket's notifications, instead of listing
+    # A Java expansion service's address: polls are ticked by Java's GenerateSequence (JavaTicks),
+    # a source the Flink runner reads itself, instead of Beam's PeriodicImpulse.
+    tick_service: str | None = None
 
     def __post_init__(self):
         for flag, value, low in (
@@ -118,7 +132,7 @@ class WatchConfig:
                 )
 
     @classmethod
-    def from_args(cls, args, *, origin: float | None = None) -> WatchConfig:
+    def from_args(cls, args, *, origin: float | None = None, tick_service: str | None = None) -> WatchConfig:
         """The watch settings of a run; refuses what --watch cannot do (ConfigError, naming the flag)."""
         if args.input_list or args.input_format != "files" or not args.input:
             raise ConfigError(
@@ -140,22 +154,38 @@ class WatchConfig:
         return cls(
             patterns=tuple(absolute(pattern) for pattern in args.input),
             origin=time.time() if origin is None else origin,
+            tick_service=tick_service,
             **{name: value for name, value in given.items() if value is not None},
         )
 
-    def window_run(self, base: int, start: Timestamp) -> int:
-        """The run of the window starting at `start`: `base` for the launch's first, one more per window.
-
-        Windows with nothing in them commit nothing, so the committed run numbers have gaps.
-        """
-        width = round(self.window_s * 1_000_000)
-        first = (round(self.origin * 1_000_000) // width) * width
-        if start.micros < first:  # every input is stamped at or after the launch (polls, notified)
-            raise ValueError(f"a window starting at {start} is before the launch's first window")
-        return base + (start.micros - first) // width
-
 
 # ------------------------------------------------------------------- finding files
+
+
+# Java's GenerateSequence, as Beam's expansion services know it (GenerateSequence.External).
+GENERATE_SEQUENCE = "beam:external:java:generate_sequence:v1"
+
+
+class JavaTicks(beam.PTransform):
+    """PBegin -> a tick every `interval_s`, stamped when made: Java's GenerateSequence, expanded by `service`.
+
+    On the portable Flink runner, Beam's PeriodicImpulse is a splittable DoFn whose state
+    grows with every poll until a TaskManager runs out of memory (apache/beam#27648, open);
+    GenerateSequence with the use_deprecated_read experiment (options.flink_expansion_service)
+    is a Read of an unbounded source, which Flink reads itself, checkpoints, and whose
+    watermark follows the clock.
+    """
+
+    def __init__(self, interval_s: float, service: str):
+        super().__init__()
+        self._interval_ms = max(1, round(interval_s * 1000))
+        self._service = service
+
+    def expand(self, pbegin):
+        payload = {"start": 0, "period": self._interval_ms, "elements_per_period": 1}
+        return pbegin | "GenerateSequence" >> ExternalTransform(
+            GENERATE_SEQUENCE, ImplicitSchemaPayloadBuilder(payload), self._service
+        )
 
 
 def list_settled(tick, patterns: tuple[str, ...], settle_s: float, stop: str | None = None, now=time.time):
@@ -195,8 +225,8 @@ def notified(message, patterns: tuple[str, ...], now=time.time):
     if any(re.fullmatch(FileSystem.translate_pattern(pattern), uri) for pattern in patterns):
         Metrics.counter(METRICS_NAMESPACE, "watch_notifications").inc()
         # Stamped with now, as a poll's files are with the poll: a message published before
-        # the launch (the subscription's backlog) would otherwise fall in a window before
-        # the launch's first, whose run numbers (WatchConfig.window_run) are this launch's.
+        # the launch (the subscription's backlog) would otherwise fall in a window long
+        # closed, and wait for a late pane.
         yield window.TimestampedValue(uri, now())
 
 
@@ -291,12 +321,15 @@ class WatchInputs(beam.PTransform):
 
     def expand(self, pbegin):
         config = self._config
-        listed = (
-            pbegin
-            | "Poll"
-            >> PeriodicImpulse(
+        if config.tick_service:
+            ticker = JavaTicks(config.poll_interval_s, config.tick_service)
+        else:
+            ticker = PeriodicImpulse(
                 start_timestamp=Timestamp.of(config.origin), fire_interval=config.poll_interval_s
             )
+        listed = (
+            pbegin
+            | "Poll" >> ticker
             | "List"
             >> beam.FlatMap(
                 list_settled, () if config.pubsub else config.patterns, config.settle_s, self._stop
@@ -316,9 +349,12 @@ class WatchInputs(beam.PTransform):
             | "FirstSeen" >> beam.ParDo(FirstSeen())
             | "SkipCommitted"
             >> beam.ParDo(SkipCommitted(self._output, self._s3, refresh_s=config.poll_interval_s))
-            | "Windows" >> beam.WindowInto(window.FixedWindows(config.window_s))
+            | "Windows"
+            >> beam.WindowInto(window.FixedWindows(config.window_s), allowed_lateness=ALLOWED_LATENESS_S)
         )
-        ticks = listed[TICKS] | "TickWindows" >> beam.WindowInto(window.FixedWindows(config.window_s))
+        ticks = listed[TICKS] | "TickWindows" >> beam.WindowInto(
+            window.FixedWindows(config.window_s), allowed_lateness=ALLOWED_LATENESS_S
+        )
         return {"uris": uris, TICKS: ticks}
 
 
@@ -364,6 +400,32 @@ def remove_markers(output: str, token: str) -> None:
             pass
 
 
+def table_files(output: str, options: dict[str, str]) -> set[str]:
+    """Every data file both committed tables reference now."""
+    found = delta.snapshot(output, options)
+    return {path for table in TABLES for path in found.files(table)}
+
+
+def committed_since(output: str, options: dict[str, str], before: set[str]) -> dict[str, int]:
+    """What the windows committed after `before` (table_files at the launch) hold, as the summary's counters.
+
+    A --watch launch's summary counts its committed rows, not the runner's counters: a
+    streaming job that is cancelled (Flink) reports none, and only what is committed counts.
+    """
+    found: dict[str, int] = {"images_labelled": 0}
+    snapshot = delta.snapshot(output, options)
+    for table in TABLES:
+        for path in sorted(set(snapshot.files(table)) - before):
+            with FileSystems.open(path, compression_type="uncompressed") as handle:
+                if table == PREDICTIONS:
+                    found["images_labelled"] += pq.read_metadata(handle).num_rows
+                    continue
+                stages = pq.read_table(handle, columns=["stage"], pre_buffer=False).column("stage")
+            for stage in stages.to_pylist():
+                found[f"failed_{stage}"] = found.get(f"failed_{stage}", 0) + 1
+    return found
+
+
 # ------------------------------------------------------------------- writing and committing windows
 
 
@@ -372,27 +434,23 @@ def _shard(row: dict, shards: int) -> int:
 
 
 class _WriteWindowFile(beam.DoFn):
-    """(shard, rows of one window) -> (table, DataFile): a data file of the window, under its run's prefix.
+    """(shard, rows of one pane of a window) -> (table, DataFile): a data file, named after the window.
 
     Each attempt writes a file of its own name; only the attempt the runner keeps reaches
     the commit, and a file no commit names is deleted by the next launch's cleanup.
     """
 
-    def __init__(
-        self, output: str, table: str, schema: pa.Schema, config: WatchConfig, base: int, token: str
-    ):
+    def __init__(self, output: str, table: str, schema: pa.Schema, token: str):
         self._output = output
         self._table = table
         self._schema = schema
-        self._config = config
-        self._base = base
         self._token = token
 
     def process(self, element, win=beam.DoFn.WindowParam):
         shard, rows = element
-        run = self._config.window_run(self._base, win.start)
-        prefix = delta.data_prefix(self._output, self._table, run, self._token)
-        uri = f"{prefix}-{shard:05d}-{uuid.uuid4().hex[:8]}{SUFFIX}"
+        folder = delta.table_uri(self._output, self._table)
+        name = f"{delta.DATA_PREFIX}w{win.start.micros // 1_000_000}-{self._token}-{shard:05d}"
+        uri = join(folder, f"{name}-{uuid.uuid4().hex[:8]}{SUFFIX}")
         batch = PARQUET["record_batch_size"][self._table]
         with FileSystems.create(uri) as handle:
             writer = parquet_writer(handle, self._schema)
@@ -411,14 +469,11 @@ class _WriteWindowFile(beam.DoFn):
 class WriteWindows(beam.PTransform):
     """{table: windowed rows} -> (table, DataFile) of every data file written, in the rows' windows."""
 
-    def __init__(
-        self, output: str, schemas: dict[str, pa.Schema], config: WatchConfig, base: int, token: str
-    ):
+    def __init__(self, output: str, schemas: dict[str, pa.Schema], config: WatchConfig, token: str):
         super().__init__()
         self._output = output
         self._schemas = schemas
         self._config = config
-        self._base = base
         self._token = token
 
     def expand(self, tables):
@@ -428,30 +483,24 @@ class WriteWindows(beam.PTransform):
             | f"Shard{table.title()}" >> beam.Map(lambda row: (_shard(row, shards), row))
             | f"Group{table.title()}" >> beam.GroupByKey()
             | f"Write{table.title()}"
-            >> beam.ParDo(
-                _WriteWindowFile(
-                    self._output, table, self._schemas[table], self._config, self._base, self._token
-                )
-            )
+            >> beam.ParDo(_WriteWindowFile(self._output, table, self._schemas[table], self._token))
             for table in TABLES
         ]
         return written | "AllFiles" >> beam.Flatten()
 
 
 class _CommitWindow(beam.DoFn):
-    """(_, [(table, DataFile) or TICK]) of each window -> its run committed to both tables (errors first).
+    """(_, [(table, DataFile) or TICK]) of each pane of a window -> its files committed as the next run.
 
-    The windows a bundle brings are committed at its end, oldest first (a bundle may bring
-    several, in any order), then the progress marker says how far the commits have come.
-    Windows reach this step as the watermark passes them, so later bundles bring later
-    windows; should a runner ever bring an older one after a newer one was committed,
-    pipeline.table.check_window_order fails the step rather than lose it.
+    The panes a bundle brings are committed at its end, oldest window first, each as one
+    run of both tables (errors first), recording its pane (PANE_KEY): a retried commit
+    finds that record, reuses its run, and adds nothing twice. Then the progress marker
+    says how far the windows have come. A window's pane on time comes as the watermark
+    passes it; rows that reach a window later come in a late pane of their own.
     """
 
-    def __init__(self, spec: delta.RunCommit, config: WatchConfig, base: int, s3: dict):
+    def __init__(self, spec: delta.RunCommit, s3: dict):
         self._spec = spec
-        self._config = config
-        self._base = base
         self._s3 = s3
         self._progress = markers(spec.output, spec.token)[1]
         self._windows = Metrics.counter(METRICS_NAMESPACE, "watch_windows_committed")
@@ -459,31 +508,34 @@ class _CommitWindow(beam.DoFn):
     def start_bundle(self):
         self._pending: list = []
 
-    def process(self, element, win=beam.DoFn.WindowParam):
+    def process(self, element, win=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):  # noqa: B008
         _, written = element
-        self._pending.append((win, [found for found in written if found != TICK]))
+        self._pending.append((win, pane, [found for found in written if found != TICK]))
         return ()  # everything happens in finish_bundle
 
     def finish_bundle(self):
         if not self._pending:
             return
-        for win, written in sorted(self._pending, key=lambda pending: pending[0].start):
+        for win, pane, written in sorted(self._pending, key=lambda found: (found[0].start, found[1].index)):
             if written:
-                self._commit(written, win)
-        end = max(win.end for win, _ in self._pending).micros / 1_000_000
+                self._commit(written, win, pane)
+        end = max(win.end for win, _, _ in self._pending).micros / 1_000_000
         before = committed_until(self._progress)
         if before is None or end > before:  # a retried bundle never moves it back
             write_marker(self._progress, str(end))
         self._pending = []
 
-    def _commit(self, written, win) -> int:
-        run = self._config.window_run(self._base, win.start)
+    def _commit(self, written, win, pane) -> int:
         files = {table: sorted((found for name, found in written if name == table), key=lambda f: f.path)
                  for table in TABLES}  # fmt: skip
-        commit = dataclasses.replace(self._spec, run=run, files=files)
-        options = delta.storage_options(self._spec.output, self._s3)
+        output = self._spec.output
+        options = delta.storage_options(output, self._s3)
+        identity = f"{self._spec.token}:{win.start.micros}:{pane.index}"
         failpoints.hit("commit")
-        delta.check_window_order(self._spec.output, run, options)
+        run = delta.run_of_commit(output, PANE_KEY, identity, options, PANE_LOOKBACK) or delta.next_run(
+            output, options
+        )
+        commit = dataclasses.replace(self._spec, run=run, files=files, metadata={PANE_KEY: identity})
         delta.commit_errors(commit, options)
         failpoints.hit("commit.between")
         delta.commit_predictions(commit, options)
@@ -493,9 +545,10 @@ class _CommitWindow(beam.DoFn):
         # Measured from the window's start: no file found in it waited longer since it was listed.
         lag = time.time() - win.start.micros / 1_000_000
         log.info(
-            "window %s-%s: run %d committed: %d input(s), %d labelled, %d error(s), %.1f s after it opened",
+            "window %s-%s%s: run %d committed: %d input(s), %d labelled, %d error(s), %.1f s after it opened",
             _clock(win.start),
             _clock(win.end),
+            "" if pane.timing != PaneInfoTiming.LATE else f" (late, pane {pane.index})",
             run,
             rows[PREDICTIONS] + rows[ERRORS],
             rows[PREDICTIONS],
@@ -516,11 +569,9 @@ class CommitWindows(beam.PTransform):
     then records it in the progress marker: a stopping launcher waits on that (markers()).
     """
 
-    def __init__(self, spec: delta.RunCommit, config: WatchConfig, base: int, s3: dict | None = None):
+    def __init__(self, spec: delta.RunCommit, s3: dict | None = None):
         super().__init__()
         self._spec = spec
-        self._config = config
-        self._base = base
         self._s3 = dict(s3 or {})
 
     def expand(self, inputs):
@@ -530,5 +581,5 @@ class CommitWindows(beam.PTransform):
             | "FilesAndTicks" >> beam.Flatten()
             | "OneKey" >> beam.Map(lambda found: (None, found))
             | "Together" >> beam.GroupByKey()
-            | "Commit" >> beam.ParDo(_CommitWindow(self._spec, self._config, self._base, self._s3))
+            | "Commit" >> beam.ParDo(_CommitWindow(self._spec, self._s3))
         )

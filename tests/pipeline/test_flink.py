@@ -27,6 +27,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
 from pipeline.contract import image_id
@@ -227,6 +228,36 @@ def test_flink_setup_builds_the_job_server_of_this_venvs_beam(jar):
     assert all((jar.parent / path).is_file() for path in class_path)
 
 
+def test_the_launcher_knows_the_flink_job_servers_own_options(jar):
+    # Beam's portable runner adds the options the job server describes to its parser only
+    # when it submits a job; the launcher checks flags first and keeps its own copy of the
+    # Flink runner's (options.FLINK_JOB_SERVER_OPTIONS), which must be what this job server
+    # describes. (It describes the Java SDK's own options too: those are not the launcher's.)
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+    from apache_beam.utils import subprocess_server
+
+    from pipeline.job.options import FLINK_JOB_SERVER_OPTIONS, FlagTable
+
+    (port,) = subprocess_server.pick_port(None)
+    ports = ["--job-port", str(port), "--artifact-port", "0", "--expansion-port", "0"]
+    command = ["java", "-jar", str(jar), *ports]
+    server = subprocess_server.SubprocessServer(beam_job_api_pb2_grpc.JobServiceStub, command, port=port)
+    try:
+        described = server.start().DescribePipelineOptions(
+            beam_job_api_pb2.DescribePipelineOptionsRequest(), timeout=60
+        )
+    finally:
+        server.stop()
+    beams = FlagTable({str(cls): cls for cls in PipelineOptions.__subclasses__()}.values()).spellings()
+    kind = beam_job_api_pb2.PipelineOptionType.Enum.Name
+    found = {
+        (option.name, kind(option.type), option.default_value)
+        for option in described.options
+        if option.group.startswith("org.apache.beam.runners.flink.") and f"--{option.name}" not in beams
+    }
+    assert found == set(FLINK_JOB_SERVER_OPTIONS)
+
+
 def test_flink_writes_what_the_direct_runner_writes(flink_run, direct, inputs, read_rows):
     out, _, _, _, _ = flink_run
     flink_predictions, _ = rows(read_rows, out, "predictions")
@@ -372,6 +403,130 @@ def test_labelling_survives_a_killed_taskmanager(cluster, jar, inputs, npz_path,
         f"after the kill; job wall "
         f"{job['duration'] / 1000:.1f} s, launcher wall {wall:.1f} s; rows: {len(predictions)} predictions + "
         f"{len(errors)} errors, each input once"
+    )
+
+
+# --watch on the cluster: polls every 2 s, windows of 5 s, a checkpoint every 2 s.
+WATCH = ("--watch", "--poll_interval_s", "2", "--window_s", "5", "--checkpointing_interval=2000")
+# What a batch may take beyond a poll and a window to be committed: the labelling itself,
+# and the job's start (harnesses, models) for the first, on a slow and busy machine.
+LABELLING_BUDGET_S = 300
+
+
+def drop(folder, staging, sample_photos, widths, bad: int = 0) -> tuple[list[str], float]:
+    """Photos (and `bad` broken files) renamed into the watched folder: their image_ids, when they landed."""
+    staging.mkdir(exist_ok=True)
+    write_photos(staging, sample_photos, widths)
+    for n in range(bad):
+        (staging / f"broken_{widths[0]}_{n}.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    landed = time.time()
+    moved = []
+    for path in sorted(staging.iterdir()):
+        os.rename(path, folder / path.name)
+        moved.append(image_id(str(folder / path.name)))
+    return moved, landed
+
+
+def committed_ids(read_rows, out) -> list[str]:
+    """Every image_id of both committed tables, duplicates kept."""
+    if not (out / "predictions").exists():
+        return []
+    return [row["image_id"] for table in ("predictions", "errors") for row in read_rows(out, table)[0]]
+
+
+def wait_committed(read_rows, out, ids, launcher, what) -> float:
+    """Waits until every id of `ids` is committed; the time then."""
+
+    def done():
+        assert launcher.poll() is None, f"the launcher exited with {launcher.returncode}"
+        return set(ids) <= set(committed_ids(read_rows, out))
+
+    wait_until(done, 2 + 5 + LABELLING_BUDGET_S, what, every_s=1)
+    return time.time()
+
+
+@contextlib.contextmanager
+def watching(args, log_path):
+    """A --watch launcher running, its output to log_path; killed with its group if running at the end."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.run", *args],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def drained(launcher, log_path) -> str:
+    """SIGTERM to a --watch launcher; its whole log once it has drained and exited 0."""
+    launcher.send_signal(signal.SIGTERM)
+    launcher.wait(timeout=LAUNCH_TIMEOUT_S)
+    log = log_path.read_text()
+    assert launcher.returncode == 0, log[-4000:]
+    assert "drained: every window up to" in log, log[-4000:]
+    return log
+
+
+def test_watch_labels_each_batch_once_through_a_killed_taskmanager_and_a_restart(
+    cluster, jar, npz_path, sample_photos, tmp_path, read_rows
+):
+    folder, out = tmp_path / "landing", tmp_path / "out"
+    folder.mkdir()
+    args = flink_args(cluster, jar, [folder], out, npz_path, *WATCH)
+    cluster.wait_for_no_harness()
+    known = cluster.job_ids()
+    lags = []
+    with watching(args, tmp_path / "first.log") as launcher:
+        job_id = cluster.new_job(known, launcher, timeout_s=LAUNCH_TIMEOUT_S)
+        cluster.wait_for_job(job_id, {"RUNNING"}, timeout_s=LAUNCH_TIMEOUT_S)
+
+        # 1: photos and a broken file land on an empty folder.
+        first, landed = drop(folder, tmp_path / "s1", sample_photos, (100,), bad=1)
+        lags.append(wait_committed(read_rows, out, first, launcher, "batch 1 not committed") - landed)
+
+        # 2: a TaskManager dies while its harness holds a batch of it at the model.
+        with cluster.labelling_held():
+            second, landed = drop(folder, tmp_path / "s2", sample_photos, (110,), bad=1)
+            victim = wait_until(lambda: labelling(cluster, job_id, launcher), LAUNCH_TIMEOUT_S,
+                                "batch 2 never reached the model")  # fmt: skip
+            os.kill(cluster.taskmanager_pid(victim["taskmanager-id"]), signal.SIGKILL)
+        added = cluster.script("add-taskmanager")
+        assert added.returncode == 0, added.stderr
+        wait_committed(read_rows, out, second, launcher, "batch 2 not committed after the TaskManager died")
+        failures = cluster.rest(f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        assert failures  # the job lost a TaskManager, restarted from its checkpoint, and went on
+        assert cluster.rest(f"/jobs/{job_id}")["state"] == "RUNNING"
+
+        # 3: more land after the recovery.
+        third, landed = drop(folder, tmp_path / "s3", sample_photos, (120,), bad=1)
+        lags.append(wait_committed(read_rows, out, third, launcher, "batch 3 not committed") - landed)
+        log = drained(launcher, tmp_path / "first.log")
+    # The launcher cancelled the cluster's job, not only Beam's job server's invocation.
+    ended = cluster.wait_for_job(job_id, {"CANCELED", "FAILED", "FINISHED"}, LAUNCH_TIMEOUT_S)
+    assert ended["state"] == "CANCELED"
+    before = first + second + third
+    assert sorted(committed_ids(read_rows, out)) == sorted(before)  # each once
+    n = len(sample_photos)
+    assert f"summary: {3 * n + 3} inputs, {3 * n} labelled, 3 failed (read 0, decode 3, inference 0)" in log
+
+    # 4: files land while no job runs; a second launch labels them, and nothing twice.
+    fourth, landed = drop(folder, tmp_path / "s4", sample_photos, (130,), bad=0)
+    known = cluster.job_ids()
+    cluster.wait_for_no_harness()
+    with watching(args, tmp_path / "second.log") as launcher:
+        cluster.new_job(known, launcher, timeout_s=LAUNCH_TIMEOUT_S)
+        wait_committed(read_rows, out, fourth, launcher, "batch 4 not committed by the second launch")
+        log = drained(launcher, tmp_path / "second.log")
+    assert sorted(committed_ids(read_rows, out)) == sorted(before + fourth)
+    assert f"summary: {n} inputs, {n} labelled, 0 failed" in log
+    print(
+        f"\nflink --watch: batches of {n + 1} files, committed {lags[0]:.1f} s (batch 1, with the job's "
+        f"start) and {lags[1]:.1f} s (batch 3) after landing; a TaskManager SIGKILLed mid-batch, "
+        f"{len(failures)} failure(s) recovered; {len(before + fourth)} inputs over two launches, each once"
     )
 
 

@@ -5,6 +5,7 @@ The whole job on a streaming runner, as a user runs it: tests/pipeline/test_watc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -15,6 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
 
 from pipeline import ConfigError
 from pipeline import table as delta
@@ -213,19 +215,7 @@ def test_first_seen_passes_each_uri_once():
         assert_that(found, equal_to(["a", "b", "c"]))
 
 
-# ------------------------------------------------------------------- windows and their runs
-
-
-def test_window_runs_count_windows_from_the_launch():
-    config = watch.WatchConfig(
-        patterns=("x",), window_s=60, origin=1_000_030.0
-    )  # within [999_960, 1_000_020 + 60)
-    first = Timestamp.of(1_000_020)  # the launch's window starts on the minute
-    assert config.window_run(7, first) == 7
-    assert config.window_run(7, Timestamp.of(1_000_080)) == 8
-    assert config.window_run(7, Timestamp.of(1_000_020 + 60 * 100)) == 107
-    with pytest.raises(ValueError, match="before the launch's first window"):
-        config.window_run(7, Timestamp.of(1_000_020 - 60))
+# ------------------------------------------------------------------- windows
 
 
 def test_decode_keeps_each_output_in_its_inputs_window():
@@ -265,18 +255,29 @@ def _committer(output):
         output=str(output), run=0, files={}, replace_errors=False, replace_predictions=False,
         schemas=schemas, provenance=PROVENANCE, token="tok",
     )  # fmt: skip
-    config = watch.WatchConfig(patterns=("x",), window_s=60, origin=0.0)
-    return watch._CommitWindow(spec, config, base=1, s3={})
+    return watch._CommitWindow(spec, s3={})
 
 
-def _commit(fn, windows: list[tuple[int, list]]):
+def _pane(index: int) -> PaneInfo:
+    timing = PaneInfoTiming.ON_TIME if index == 0 else PaneInfoTiming.LATE
+    return PaneInfo(index == 0, False, timing, index, index)
+
+
+def _commit(fn, windows: list[tuple]):
+    """One bundle of panes: (window start, files[, pane index])."""
     fn.start_bundle()
-    for start, written in windows:
-        fn.process((None, written), win=window.IntervalWindow(start, start + 60))
+    for start, written, *index in windows:
+        fn.process((None, written), win=window.IntervalWindow(start, start + 60), pane=_pane(*index or [0]))
     fn.finish_bundle()
 
 
-def test_a_window_commits_once_in_order_and_a_retry_commits_nothing_twice(tmp_path):
+def _pane_runs(output) -> dict[str, str]:
+    """Each committed pane's identity -> its run, from the predictions table's history."""
+    history = delta.snapshot(str(output)).tables[PREDICTIONS].history()
+    return {entry[watch.PANE_KEY]: entry[delta.RUN_KEY] for entry in history if watch.PANE_KEY in entry}
+
+
+def test_panes_commit_as_the_next_runs_oldest_window_first_and_a_retry_commits_nothing_twice(tmp_path):
     fn = _committer(tmp_path)
     first = [_window_files(tmp_path, PREDICTIONS, ["/in/a.jpg"], "w0-p.parquet"),
              _window_files(tmp_path, ERRORS, ["/in/bad.jpg"], "w0-e.parquet"), watch.TICK]  # fmt: skip
@@ -287,16 +288,36 @@ def test_a_window_commits_once_in_order_and_a_retry_commits_nothing_twice(tmp_pa
     found = delta.snapshot(str(tmp_path))
     assert found.run == 2
     assert found.rows(PREDICTIONS) == 2 and found.rows(ERRORS) == 1
-    history = [entry.get(delta.RUN_KEY) for entry in found.tables[PREDICTIONS].history()]
-    assert sorted(run for run in history if run) == ["1", "2"]
+    assert _pane_runs(tmp_path) == {"tok:0:0": "1", "tok:60000000:0": "2"}
     assert watch.committed_until(watch.markers(str(tmp_path), "tok")[1]) == 120.0
 
 
-def test_a_window_found_behind_a_committed_later_one_fails_rather_than_be_lost(tmp_path):
+def test_a_late_pane_of_an_earlier_window_commits_as_the_next_run_once(tmp_path):
     fn = _committer(tmp_path)
     _commit(fn, [(60, [_window_files(tmp_path, PREDICTIONS, ["/in/b.jpg"], "w1.parquet")])])
-    with pytest.raises(delta.TableError, match="run 1 is not committed but run 2 is"):
-        _commit(fn, [(0, [_window_files(tmp_path, PREDICTIONS, ["/in/a.jpg"], "w0.parquet")])])
+    late = [_window_files(tmp_path, PREDICTIONS, ["/in/a.jpg"], "w0-late.parquet")]
+    _commit(fn, [(0, late, 1)])
+    _commit(fn, [(0, late, 1)])  # retried
+    found = delta.snapshot(str(tmp_path))
+    assert found.rows(PREDICTIONS) == 2
+    assert _pane_runs(tmp_path) == {"tok:60000000:0": "1", "tok:0:1": "2"}
+    # The late pane never moves the progress marker back.
+    assert watch.committed_until(watch.markers(str(tmp_path), "tok")[1]) == 120.0
+
+
+def test_a_retry_after_the_errors_step_completes_the_same_run(tmp_path):
+    fn = _committer(tmp_path)
+    _commit(fn, [(0, [_window_files(tmp_path, PREDICTIONS, ["/in/a.jpg"], "w0.parquet")])])
+    written = [_window_files(tmp_path, PREDICTIONS, ["/in/b.jpg"], "w1-p.parquet"),
+               _window_files(tmp_path, ERRORS, ["/in/bad.jpg"], "w1-e.parquet")]  # fmt: skip
+    # The first attempt got as far as step 1 (errors, run 2), then died.
+    files = {table: [found for name, found in written if name == table] for table in (PREDICTIONS, ERRORS)}
+    step1 = dataclasses.replace(fn._spec, run=2, files=files, metadata={watch.PANE_KEY: "tok:60000000:0"})
+    delta.commit_errors(step1, delta.storage_options(str(tmp_path)))
+    _commit(fn, [(60, written)])  # the retry
+    found = delta.snapshot(str(tmp_path))
+    assert found.run == 2 and found.rows(PREDICTIONS) == 2 and found.rows(ERRORS) == 1
+    assert _pane_runs(tmp_path) == {"tok:0:0": "1", "tok:60000000:0": "2"}
 
 
 def test_a_window_of_ticks_only_commits_nothing_but_records_progress(tmp_path):
