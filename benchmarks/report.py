@@ -231,6 +231,7 @@ RENDERERS = {
     "decoders": "benchmarks.decoders",
     "memory_budget": "benchmarks.memory_budget",
     "watch": "benchmarks.watch",
+    "watch_flink": "benchmarks.watch",
 }
 
 

@@ -1,13 +1,16 @@
 """Benchmark: --watch's lag from a file's landing to its committed row, and the arrival rate it keeps up with.
 
     python -m benchmarks.watch                       # writes benchmarks/results/watch.{json,txt}
+    .venv-flink/bin/python -m benchmarks.watch --flink   # writes benchmarks/results/watch_flink.{json,txt}
     python -m benchmarks.watch --quick --results /tmp/w --out /tmp/w    # a check, not a figure
 
-Starts `python -m pipeline.run --watch` (Beam's Prism runner here, the real model; weights
-synthesized and UNTRAINED unless --weights) on an empty folder, then drops 640x480 JPEGs
-into it at steady rates. Each file is written beside the folder and renamed in; the
-rename is its landing. A reader opens the committed tables every READ_EVERY_S seconds,
-and a file's lag runs from its landing to the first read that finds its row.
+Starts `python -m pipeline.run --watch` (Beam's Prism runner here or, with --flink, a local
+Flink cluster of two TaskManagers with one slot each, scripts/flink_local.sh, checkpoints
+every 10 s; the real model, weights synthesized and UNTRAINED unless --weights) on an
+empty folder, then drops 640x480 JPEGs into it at steady rates. Each file is written
+beside the folder and renamed in; the rename is its landing. A reader opens the committed
+tables every READ_EVERY_S seconds, and a file's lag runs from its landing to the first
+read that finds its row.
 
 1. A trickle (--trickle_rate files/s for --trickle_s seconds): the lag's p50, p95 and max.
 2. Steps of rising rates (--rates, --step_s each): per step, the lag of the files that
@@ -37,6 +40,7 @@ READ_EVERY_S = 0.2
 SIZE = (640, 480)
 START_TIMEOUT_S = 600  # the launcher's checks, Prism's start and the model's load
 DRAIN_TIMEOUT_S = 600
+NAME = {False: "watch", True: "watch_flink"}  # the results file, by --flink
 UNTRAINED = "weights synthesized (UNTRAINED): the labels are meaningless; the lag and rates are the job's"
 
 
@@ -49,6 +53,41 @@ def prism_location() -> str:
     done = subprocess.run(setup, cwd=results.REPO, capture_output=True, text=True, env=env, check=True)
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("PRISM_LOCATION=")]
     return line.split("=", 1)[1]
+
+
+class FlinkCluster:
+    """A local Flink cluster for the benchmark: scripts/flink_local.sh on free ports, in `folder`."""
+
+    RUNNER = "FlinkRunner (local cluster: 2 TaskManagers, 1 slot each; checkpoints every 10 s)"
+
+    def __init__(self, folder: str):
+        from apache_beam.utils.subprocess_server import pick_port
+
+        rest, rpc = pick_port(None, None)
+        self.env = {**os.environ, "FLINK_DIR": folder, "FLINK_REST_PORT": str(rest),
+                    "FLINK_RPC_PORT": str(rpc), "FLINK_TASKMANAGERS": "2",
+                    "BEAM_SDK_PYTHON": sys.executable}  # fmt: skip
+        self.rest = rest
+
+    def _script(self, command: str) -> None:
+        script = ["bash", "scripts/flink_local.sh", command]
+        subprocess.run(script, cwd=results.REPO, env=self.env, check=True)
+
+    def start(self) -> list[str]:
+        """Starts the cluster; the launcher's flags for it."""
+        setup = "source scripts/flink_setup.sh && ensure_job_server >&2 && echo $FLINK_JOB_SERVER_JAR"
+        done = subprocess.run(["bash", "-c", setup], cwd=results.REPO, env={**self.env, "PY": sys.executable},
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        jar = done.stdout.strip().splitlines()[-1]
+        self._script("start")
+        # As configs/flink.yaml runs a job, less its inputs, outputs and fc7 (the Prism run has none).
+        return ["--runner=FlinkRunner", f"--flink_master=127.0.0.1:{self.rest}", "--flink_version=1.19",
+                f"--flink_job_server_jar={jar}", "--parallelism=2", "--environment_type=PROCESS",
+                '--environment_config={"command": "scripts/flink_sdk_worker.sh"}',
+                "--sdk_worker_parallelism=1", "--checkpointing_interval=10000"]  # fmt: skip
+
+    def stop(self) -> None:
+        self._script("stop")
 
 
 class Reader:
@@ -138,52 +177,60 @@ def run(args) -> dict:
             write_synth(weights, fmt="npz", seed=0)
     argv = [sys.executable, "-m", args.job, "--watch", "--input", f"{inbox}/*.jpg", "--output", out,
             "--weights", weights, "--poll_interval_s", str(args.poll_interval_s),
-            "--window_s", str(args.window_s), "--settle_s", "0",
-            f"--prism_location={prism_location()}"]  # fmt: skip
-    log_path = os.path.join(work, "watch-job.log")
-    reader = Reader(out)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, cwd=results.REPO, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
+            "--window_s", str(args.window_s), "--settle_s", "0"]  # fmt: skip
+    cluster = FlinkCluster(os.path.join(work, "watch-flink")) if args.flink else None
     try:
-        # Warm up: one file through the whole job (the model's load, Prism's first bundles).
-        warm = drop(photos, inbox, staging, 1.0, 1.0, reader, first=0)
-        wait_committed(reader, warm, process, START_TIMEOUT_S)
-        first = len(warm)
-        trickle = drop(photos, inbox, staging, args.trickle_rate, args.trickle_s, reader, first)
-        first += len(trickle)
-        wait_committed(reader, trickle, process, DRAIN_TIMEOUT_S)
-        steps = []
-        for rate in args.rates:
-            began = time.monotonic()
-            landed = drop(photos, inbox, staging, rate, args.step_s, reader, first)
-            first += len(landed)
-            wait_committed(reader, landed, process, DRAIN_TIMEOUT_S)
-            values = lags(landed, reader)
-            third = max(1, len(values) // 3)
-            early, late = statistics.median(values[:third]), statistics.median(values[-third:])
-            committed_s = max(reader.seen[key] for key in landed) - began
-            kept_up = late <= early + args.window_s + args.poll_interval_s
-            steps.append({"rate": rate, "files": len(values), "lag_first_third_p50_s": early,
-                          "lag_last_third_p50_s": late, "lag_p95_s": percentile(values, 95),
-                          "committed_per_s": len(values) / committed_s, "kept_up": kept_up})  # fmt: skip
-            if not kept_up:
-                break
-    finally:
-        process.terminate()  # SIGTERM: the launcher drains
-        try:
-            process.wait(timeout=DRAIN_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+        if cluster:
+            argv += cluster.start()
         else:
+            argv.append(f"--prism_location={prism_location()}")
+        log_path = os.path.join(work, "watch-job.log")
+        reader = Reader(out)
+        with open(log_path, "w") as log:
+            process = subprocess.Popen(argv, cwd=results.REPO, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+        try:
+            # Warm up: one file through the whole job (the model's load, Prism's first bundles).
+            warm = drop(photos, inbox, staging, 1.0, 1.0, reader, first=0)
+            wait_committed(reader, warm, process, START_TIMEOUT_S)
+            first = len(warm)
+            trickle = drop(photos, inbox, staging, args.trickle_rate, args.trickle_s, reader, first)
+            first += len(trickle)
+            wait_committed(reader, trickle, process, DRAIN_TIMEOUT_S)
+            steps = []
+            for rate in args.rates:
+                began = time.monotonic()
+                landed = drop(photos, inbox, staging, rate, args.step_s, reader, first)
+                first += len(landed)
+                wait_committed(reader, landed, process, DRAIN_TIMEOUT_S)
+                values = lags(landed, reader)
+                third = max(1, len(values) // 3)
+                early, late = statistics.median(values[:third]), statistics.median(values[-third:])
+                committed_s = max(reader.seen[key] for key in landed) - began
+                kept_up = late <= early + args.window_s + args.poll_interval_s
+                steps.append({"rate": rate, "files": len(values), "lag_first_third_p50_s": early,
+                              "lag_last_third_p50_s": late, "lag_p95_s": percentile(values, 95),
+                              "committed_per_s": len(values) / committed_s, "kept_up": kept_up})  # fmt: skip
+                if not kept_up:
+                    break
+        finally:
+            process.terminate()  # SIGTERM: the launcher drains
             try:
-                os.killpg(process.pid, 9)  # anything it left behind
-            except ProcessLookupError:
-                pass
+                process.wait(timeout=DRAIN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+            else:
+                try:
+                    os.killpg(process.pid, 9)  # anything it left behind
+                except ProcessLookupError:
+                    pass
+    finally:
+        if cluster:
+            cluster.stop()
     kept = [step["rate"] for step in steps if step["kept_up"]]
     return {
-        **results.stamp("watch", "benchmarks.watch", args.argv),
-        "runner": "PrismRunner (local)",
+        **results.stamp(NAME[args.flink], "benchmarks.watch", args.argv),
+        "runner": FlinkCluster.RUNNER if args.flink else "PrismRunner (local)",
         "job": args.job,
         "untrained": describe_weights(weights).untrained,
         "poll_interval_s": args.poll_interval_s,
@@ -248,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--results", default=results.RESULTS)
     parser.add_argument("--quick", action="store_true", help="a short run: a check, not a figure")
+    parser.add_argument("--flink", action="store_true", help="on a local two-TaskManager Flink cluster")
     args = parser.parse_args(argv)
     args.argv = argv
     if args.quick:
@@ -255,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     data = run(args)
     text = table(data)
     print(text)
-    results.write(data, text, args.results, "watch")
+    results.write(data, text, args.results, NAME[args.flink])
     print(json.dumps({"highest_rate_kept_up": data["highest_rate_kept_up"], "trickle": data["trickle"]}))
     return 0
 
