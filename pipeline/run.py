@@ -173,10 +173,11 @@ def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, 
     on_flink = options.runner_name(beam_options) in options.FLINK_RUNNERS
     before = watch.table_files(args.output, table_options)  # the summary counts what is committed after
     with contextlib.ExitStack() as launching:
-        tick_service = None
+        tick_service = flink_job = None
         if on_flink:
             # Polls ticked by a source Flink reads itself (watch.JavaTicks), expanded by Java.
             tick_service = launching.enter_context(options.flink_expansion_service(beam_options))
+            flink_job = options.flink_job_name(beam_options, plan.token)  # the drain cancels it by name
         config = watch.WatchConfig.from_args(args, tick_service=tick_service)
         pipeline = test_pipeline or beam.Pipeline(options=beam_options)
         build_watch_pipeline(pipeline, args, info, plan, config, handler=handler, s3=s3)
@@ -190,7 +191,7 @@ def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, 
             contract.printable(args.output),
             plan.run,
         )
-        start = time.monotonic()
+        start, submitted = time.monotonic(), time.time()
         result = pipeline.run()
     try:
         with _signals_raise():
@@ -200,7 +201,7 @@ def run_watch(args, beam_options, info: WeightsInfo, s3, *, test_pipeline=None, 
         drain(result, args.output, plan.token, config)
         if on_flink:
             # Beam's job server cancels its invocation, not the cluster's job (cancel_flink_job).
-            options.cancel_flink_job(beam_options, result._job_id)  # Beam's PipelineResult names it only here
+            options.cancel_flink_job(beam_options, flink_job, submitted)
     finally:
         watch.remove_markers(args.output, plan.token)
     found = watch.committed_since(args.output, table_options, before)

@@ -25,6 +25,7 @@ from typing import NoReturn
 import yaml
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
+    GoogleCloudOptions,
     JobServerOptions,
     PipelineOptions,
     PortableOptions,
@@ -596,24 +597,46 @@ def flink_job_server_jar(options: PipelineOptions, how: str = "pass --flink_job_
 # How long the launcher waits for a Flink cluster to report a job it cancelled as stopped.
 FLINK_CANCEL_S = 60
 FLINK_ENDED = ("CANCELED", "FINISHED", "FAILED")
+# A job named by the user is the launcher's if the cluster started it at most this long
+# before the launcher submitted it (the two clocks may differ).
+FLINK_CLOCK_SLACK_S = 60
 
 
-def cancel_flink_job(options: PipelineOptions, beam_job_id: str, timeout_s: float = FLINK_CANCEL_S) -> None:
-    """Cancels, by --flink_master's REST API, the Flink job running Beam job `beam_job_id`; waits for it.
+def flink_job_name(options: PipelineOptions, token: str) -> str:
+    """The name the Flink job will have: --job_name, or, when none is given, `vgg16-watch-TOKEN`, set here.
+
+    Beam's Flink runner names the cluster's job after the pipeline's job name (Java's
+    default is made up on the job server); a name of the launcher's own lets it find the job.
+    """
+    cloud = options.view_as(GoogleCloudOptions)
+    if not cloud.job_name:
+        cloud.job_name = f"vgg16-watch-{token}"
+    return cloud.job_name
+
+
+def cancel_flink_job(
+    options: PipelineOptions, name: str, since_s: float, timeout_s: float = FLINK_CANCEL_S
+) -> None:
+    """Cancels, by --flink_master's REST API, the Flink jobs named `name` since `since_s`; waits for them.
 
     Beam's job server, asked to cancel, ends its own invocation but leaves the job running
-    on a Flink cluster. The Flink job is named after Beam's job (its id less the final
-    `_UUID`). Nothing to do without a cluster address ([auto], [local]: the job runs inside
-    the job server) or when the job has ended already. A cluster that does not answer is
-    logged, not raised: the launcher is stopping anyway.
+    on a Flink cluster. `since_s` (seconds since the epoch) is when the launcher submitted
+    the job, less FLINK_CLOCK_SLACK_S: a job of the same name that an earlier launch left
+    is not this one. Nothing to do without a cluster address ([auto], [local]: the job
+    runs inside the job server) or when the job has ended already. A cluster that does not
+    answer is logged, not raised: the launcher is stopping anyway.
     """
     master = options.view_as(FlinkRunnerOptions).flink_master or ""
     if not master or master.startswith("["):
         return
     base = (master if "://" in master else f"http://{master}").rstrip("/")
-    name = beam_job_id.rsplit("_", 1)[0]
+    earliest_ms = (since_s - FLINK_CLOCK_SLACK_S) * 1000
     try:
-        jobs = [job for job in _flink_rest(f"{base}/jobs/overview")["jobs"] if job["name"] == name]
+        jobs = [
+            job
+            for job in _flink_rest(f"{base}/jobs/overview")["jobs"]
+            if job["name"] == name and job["start-time"] >= earliest_ms
+        ]
         for job in jobs:
             if job["state"] not in FLINK_ENDED:
                 _flink_rest(f"{base}/jobs/{job['jid']}?mode=cancel", method="PATCH")
@@ -626,7 +649,7 @@ def cancel_flink_job(options: PipelineOptions, beam_job_id: str, timeout_s: floa
                 time.sleep(0.5)
             log.info("Flink job %s (%s) stopped", job["jid"], name)
     except (OSError, ValueError, KeyError) as error:
-        log.warning("could not cancel the Flink job of %s at %s: %s", name, base, error)
+        log.warning("could not cancel the Flink job %s at %s: %s", name, base, error)
 
 
 def _flink_rest(url: str, method: str = "GET") -> dict:

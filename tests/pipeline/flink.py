@@ -123,9 +123,16 @@ class Cluster:
                     return subtask
         return None
 
-    def wait_for_no_harness(self, timeout_s: float = 300) -> None:
-        """Waits until no harness of earlier jobs is left: every harness seen next is the next job's."""
-        wait_until(lambda: not self.harnesses(), timeout_s, "SDK harnesses of earlier jobs still running")
+    def wait_for_no_harness(self, timeout_s: float = 300, *, besides: frozenset[int] = frozenset()) -> None:
+        """Waits until no harness of earlier jobs but `besides` is left: any other one is the next job's."""
+
+        def others() -> list[int]:
+            return [pid for pid in self.harnesses() if pid not in besides]
+
+        try:
+            wait_until(lambda: not others(), timeout_s, "SDK harnesses of earlier jobs still running")
+        except AssertionError as failed:
+            raise AssertionError(f"{failed}: {describe(others())}") from None
 
     def script(self, command: str) -> subprocess.CompletedProcess:
         """scripts/flink_local.sh COMMAND for this cluster; stdout and stderr as text."""
@@ -264,6 +271,25 @@ def processes():
                 )
             except OSError:
                 continue
+
+
+def describe(pids: list[int]) -> str:
+    """Each process: its pid, age, parent (and the parent's command line) and command line."""
+    ticks, boot = os.sysconf("SC_CLK_TCK"), time.clock_gettime(time.CLOCK_BOOTTIME)
+    lines = []
+    for pid in pids:
+        try:
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parent = int(stat[1])
+            parent_cmdline = pathlib.Path(f"/proc/{parent}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        age = boot - int(stat[19]) / ticks
+        lines.append(
+            f"pid {pid}, {age:.0f} s old, parent {parent} ({parent_cmdline.decode()[:120]}): {cmdline[:300]}"
+        )
+    return "; ".join(lines) or "none left"
 
 
 def environ(pid: int) -> dict[str, str]:

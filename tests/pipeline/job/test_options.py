@@ -585,22 +585,29 @@ def flink_rest(jobs: dict[str, dict]):
 
 def test_a_drained_watch_job_is_cancelled_on_the_flink_cluster():
     # Beam's job server ends its invocation on a cancel and leaves the Flink job running;
-    # the launcher cancels the job named after Beam's job by the cluster's REST API.
-    from apache_beam.options.pipeline_options import PipelineOptions
+    # the launcher cancels the job of its name by the cluster's REST API.
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+    given = PipelineOptions([])
+    name = options.flink_job_name(given, "0f1e2d3c")  # Beam's Flink runner names the job after it
+    assert name == given.view_as(GoogleCloudOptions).job_name == "vgg16-watch-0f1e2d3c"
+    assert options.flink_job_name(PipelineOptions(["--job_name=mine"]), "0f1e2d3c") == "mine"
+    submitted = time.time()
+    started = 1000 * (submitted + 5)
     jobs = {
-        "a1": {"name": "beamapp-x-1203", "state": "RUNNING"},
-        "b2": {"name": "beamapp-other-1203", "state": "RUNNING"},
-        "c3": {"name": "beamapp-x-1203", "state": "FINISHED"},  # an earlier job of the same name
+        "a1": {"name": name, "state": "RUNNING", "start-time": started},
+        "b2": {"name": "vgg16-watch-other", "state": "RUNNING", "start-time": started},
+        "c3": {"name": name, "state": "FINISHED", "start-time": started - 3_600_000},  # an earlier job's
+        "d4": {"name": name, "state": "RUNNING", "start-time": started - 3_600_000},  # not this launch's
     }
     with flink_rest(jobs) as master:
-        options.cancel_flink_job(PipelineOptions([f"--flink_master={master}"]), "beamapp-x-1203_0f1e2d3c")
+        options.cancel_flink_job(PipelineOptions([f"--flink_master={master}"]), name, submitted)
     states = {jid: job["state"] for jid, job in jobs.items()}
-    assert states == {"a1": "CANCELED", "b2": "RUNNING", "c3": "FINISHED"}
+    assert states == {"a1": "CANCELED", "b2": "RUNNING", "c3": "FINISHED", "d4": "RUNNING"}
     # A job that runs inside the job server ([auto], [local]) has no cluster to ask; one that
     # does not answer is a warning: the launcher is stopping anyway.
-    options.cancel_flink_job(PipelineOptions(["--flink_master=[auto]"]), "beamapp-x-1203_0f1e2d3c")
-    options.cancel_flink_job(PipelineOptions([f"--flink_master=127.0.0.1:{free_port()}"]), "beamapp-x_1")
+    options.cancel_flink_job(PipelineOptions(["--flink_master=[auto]"]), name, submitted)
+    options.cancel_flink_job(PipelineOptions([f"--flink_master=127.0.0.1:{free_port()}"]), name, submitted)
 
 
 def test_a_job_on_a_portable_runner_is_followed_past_beams_five_minutes():
