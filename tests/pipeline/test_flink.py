@@ -124,13 +124,16 @@ def flink_args(cluster, jar, folders, out, npz_path, *more) -> list[str]:
 
 
 @contextlib.contextmanager
-def launched(args):
-    """`python -m pipeline.run ARGS` running; killed with its job server if still running at the end."""
+def launched(args, log=None):
+    """`python -m pipeline.run ARGS` running; killed with its job server if still running at the end.
+
+    Its stdout and stderr are pipes, or both go to `log` (an open file).
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.run", *args],
         cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log or subprocess.PIPE,
+        stderr=subprocess.STDOUT if log else subprocess.PIPE,
         text=True,
         start_new_session=True,  # its own group: the job-server JVM it starts goes with it
     )
@@ -448,17 +451,8 @@ def wait_committed(read_rows, out, ids, launcher, what) -> float:
 @contextlib.contextmanager
 def watching(args, log_path):
     """A --watch launcher running, its output to log_path; killed with its group if running at the end."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.run", *args],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-        try:
-            yield process
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with open(log_path, "w") as log, launched(args, log) as process:
+        yield process
 
 
 def drained(launcher, log_path) -> str:

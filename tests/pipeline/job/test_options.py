@@ -443,6 +443,20 @@ def beams_jar_name() -> str:
 
 
 @contextlib.contextmanager
+def serving(handler):
+    """An HTTP server on 127.0.0.1 with `handler`, in threads of its own until the end: its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def http_server(folder, *, answer: bool = True):
     """http://127.0.0.1:PORT serving `folder`; with answer=False it accepts connections and never answers."""
 
@@ -452,16 +466,11 @@ def http_server(folder, *, answer: bool = True):
 
     stop = threading.Event()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler if answer else Silent)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with serving(handler if answer else Silent) as port:
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop.set()
 
 
 @pytest.mark.beam_version
@@ -573,14 +582,8 @@ def flink_rest(jobs: dict[str, dict]):
             jobs[jid]["state"] = "CANCELLING"
             self.answer({})
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Rest)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Rest) as port:
+        yield f"127.0.0.1:{port}"
 
 
 def test_a_drained_watch_job_is_cancelled_on_the_flink_cluster():
