@@ -124,9 +124,30 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     # float64 so unsigned inputs cannot wrap when negated and float64 inputs
     # are ranked at full precision; a stable sort of the negated scores keeps
     # ties in ascending class order, which argsort()[::-1] would reverse.
-    order = np.argsort(-batch.astype(np.float64), axis=1, kind="stable")[:, :k]
+    negated = -batch.astype(np.float64)
+    order = _top_k_of_candidates(negated, k)
+    if order is None:
+        order = np.argsort(negated, axis=1, kind="stable")[:, :k]
     scores = np.take_along_axis(batch, order, axis=1)
     return order.astype(np.int32), scores.astype(np.float32)
+
+
+def _top_k_of_candidates(negated: np.ndarray, k: int) -> np.ndarray | None:
+    """What the stable sort of all 1000 gives, from each row's k best alone; None where that is not enough.
+
+    Only scores at least as good as a row's k-th best can be in its top k. Where exactly k
+    are (no tie at the k-th place, no NaN among them), sorting those k, kept in class order
+    so that the stable sort breaks ties as the full one does, gives the same classes.
+    """
+    if k >= negated.shape[1] or not len(negated):
+        return None
+    kth = np.partition(negated, k - 1, axis=1)[:, k - 1 : k]
+    candidates = negated <= kth  # False for NaN: a row with one then has fewer than k
+    if not (candidates.sum(axis=1) == k).all():
+        return None
+    columns = np.nonzero(candidates)[1].reshape(len(negated), k)  # ascending class order per row
+    within = np.argsort(np.take_along_axis(negated, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, within, axis=1)
 
 
 def decode_predictions(probs: np.ndarray, top: int = 5) -> list[list[dict]]:

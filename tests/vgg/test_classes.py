@@ -143,6 +143,34 @@ def test_top_k_shapes_for_batch():
     np.testing.assert_array_equal(indices, np.argsort(probs, axis=1)[:, ::-1][:, :5])
 
 
+def _reference_top_k(probs, k):
+    """The definition: a stable sort of all 1000 negated float64 scores."""
+    order = np.argsort(-np.asarray(probs).astype(np.float64), axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(np.asarray(probs), order, axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 999, 1000])
+def test_top_k_is_the_stable_sort_of_all_scores(k):
+    # Softmax-like rows, rows with ties at and across the k-th place, NaNs, infinities,
+    # unsigned and signed integers: the same classes and order as the full stable sort.
+    rng = np.random.default_rng(k)
+    rows = [rng.dirichlet(np.ones(1000)).astype(np.float32) for _ in range(3)]
+    tied = rng.integers(0, 4, 1000).astype(np.float32)  # hundreds of ties at every place
+    few = np.zeros(1000, np.float32)
+    few[[10, 20, 30, 40, 50, 60]] = [0.3, 0.2, 0.2, 0.2, 0.05, 0.05]  # a tie across places 2-4 and 5-6
+    nan = rows[0].copy()
+    nan[[5, int(rows[0].argmax())]] = np.nan
+    inf = rows[1].copy()
+    inf[[7, 8]] = [np.inf, -np.inf]
+    cases = [np.stack(rows), np.stack([tied, few, rows[2]]), nan[None], inf[None],
+             rng.integers(0, 3, (2, 1000)).astype(np.uint8), rng.integers(-2, 2, (2, 1000))]  # fmt: skip
+    for probs in cases:
+        indices, scores = top_k(probs, k)
+        want_indices, want_scores = _reference_top_k(probs, k)
+        np.testing.assert_array_equal(indices, want_indices)
+        np.testing.assert_array_equal(scores, want_scores.astype(np.float32))
+
+
 def test_top_k_float64_ranked_at_full_precision():
     probs = np.zeros(1000)
     # Equal once cast to float32, but index 9 is larger in float64.
