@@ -15,16 +15,18 @@ from pipeline.contract import image_id
 from pipeline.table import snapshot
 from tests.conftest import REPO
 
-# The large run; the small one holds a quarter. Its rate is a difference of two walls, each
-# with a start-up of several seconds: a few hundred photos keep that difference above the noise.
-IMAGES = 320
+# The small run's photos; the large run has each hard-linked REPEAT times. Its rate is a
+# difference of two walls, each with a start-up of several seconds: a few hundred inputs keep
+# that difference above the noise.
+IMAGES, REPEAT = 80, 4
 
 
 def host_path(tmp_path, npz_path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     out, written = tmp_path / "scratch", tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.host_path", "--quick", "--images", str(IMAGES), "--rounds", "1",
-         "--breakdown_images", "6", "--weights", npz_path, "--out", str(out), "--results", str(written),
+        [sys.executable, "-m", "benchmarks.host_path", "--quick", "--images", str(IMAGES),
+         "--repeat", str(REPEAT), "--rounds", "1", "--breakdown_images", "6", "--weights", npz_path,
+         "--out", str(out), "--results", str(written),
          *extra],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -34,7 +36,7 @@ def host_path(tmp_path, npz_path, *extra: str) -> tuple[dict, subprocess.Complet
 
 def check_size(entry: dict) -> None:
     """One size's figures: rates, the breakdown, and the ratio they make."""
-    assert entry["images"]["small"] == IMAGES // 4 and entry["images"]["large"] == IMAGES
+    assert entry["images"]["small"] == IMAGES and entry["images"]["large"] == IMAGES * REPEAT
     assert entry["breakdown_images"] == 6
     one = entry["processes_1"]
     assert one["cores"] == 1 and one["wall_large_s"] > one["wall_small_s"] > 0
@@ -62,9 +64,12 @@ def test_quick_run_writes_figures_and_every_row(tmp_path, npz_path):
     assert "processes_2" not in found["sizes"]["640x480"]  # --quick: one worker process only
     text = (tmp_path / "results" / "host_path.txt").read_text()
     assert text.splitlines()[0].startswith("machine: ") and "640x480: h/d " in text
-    # The stand-in's outputs went through the real writers and the commit: one row per photo.
-    folder = tmp_path / "scratch" / "images" / f"640x480-{IMAGES}"
+    # The stand-in's outputs went through the real writers and the commit: one row per input,
+    # each photo under REPEAT names, all the same file.
+    folder = tmp_path / "scratch" / "images" / f"640x480-{IMAGES}-x{REPEAT}"
     photos = sorted(str(p) for p in folder.iterdir())
+    assert len(photos) == IMAGES * REPEAT
+    assert {os.stat(p).st_nlink for p in photos} == {REPEAT + 1}
     output = tmp_path / "scratch" / "jobs" / "640x480-1-large"
     tables = snapshot(str(output))
     assert tables.files("errors") == [] or tables.rows("errors") == 0
