@@ -4,7 +4,7 @@
     python -m benchmarks.all --only decode,pca     # some of them
 
 Writes benchmarks/results/{decode,decoders,bench,index_recall,pca,near_duplicates,shards,host_path,
-memory_budget,watch}.{json,txt} and throughput_vs_batch.png, each written by its own benchmark,
+memory_budget,decode_load,watch}.{json,txt} and throughput_vs_batch.png, each written by its own benchmark,
 untouched. Run it on a machine that is otherwise idle: the figures are rates. The GPU run is its own command
 (`python -m benchmarks.gpu`), on a GPU machine.
 """
@@ -33,9 +33,10 @@ STEPS = {
     "shards": (["benchmarks.shards", "--weights", "{out}/" + WEIGHTS], 6),
     "host_path": (
         ["benchmarks.host_path", "--weights", "{out}/" + WEIGHTS, "--baseline", HOST_PATH_BEFORE],
-        6,
+        12,
     ),
     "memory_budget": (["benchmarks.memory_budget", "--weights", "{out}/" + WEIGHTS], 2),
+    "decode_load": (["benchmarks.decode_load", "--weights", "{out}/" + WEIGHTS], 3),
     "watch": (["benchmarks.watch", "--weights", "{out}/" + WEIGHTS], 10),
 }
 # The steps with a scratch folder.
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    needs_weights = {"near_duplicates", "shards", "host_path", "memory_budget", "watch"} & set(steps)
+    weighted = {"near_duplicates", "shards", "host_path", "memory_budget", "decode_load", "watch"}
+    needs_weights = weighted & set(steps)
     if needs_weights and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(

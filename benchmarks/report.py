@@ -230,6 +230,7 @@ RENDERERS = {
     "host_path": "benchmarks.host_path",
     "decoders": "benchmarks.decoders",
     "memory_budget": "benchmarks.memory_budget",
+    "decode_load": "benchmarks.decode_load",
     "watch": "benchmarks.watch",
     "watch_flink": "benchmarks.watch",
 }

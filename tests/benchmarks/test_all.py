@@ -32,5 +32,5 @@ def test_all_runs_each_step_with_relative_paths():
     assert done.returncode == 2
     assert done.stderr.splitlines()[-1] == (
         "python -m benchmarks.all: error: unknown step 'nope'; the steps are decode, decoders, bench, "
-        "index_recall, pca, near_duplicates, shards, host_path, memory_budget, watch"
+        "index_recall, pca, near_duplicates, shards, host_path, memory_budget, decode_load, watch"
     )

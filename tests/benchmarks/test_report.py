@@ -165,7 +165,7 @@ def test_report_refuses_what_is_not_a_results_file(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"error: {path}: not a benchmark results file: 'benchmark' is 'nope', expected one of "
-        "['bench', 'decode', 'decoders', 'gpu', 'host_path', 'index_recall', 'memory_budget', "
+        "['bench', 'decode', 'decode_load', 'decoders', 'gpu', 'host_path', 'index_recall', 'memory_budget', "
         "'near_duplicates', 'pca', 'shards', 'watch', 'watch_flink']"
     ]
 
