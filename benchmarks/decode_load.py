@@ -15,7 +15,7 @@ rate the model labelled alone, as the job's decoder keeps pace with its model.
   16/n images independently. No stream waits for another.
 
 The loss is 1 − (rate with the decoder)/(rate alone). The decoder's share, rate × decode
-time / n cores, is the loss L assumes. A loss near twice the share means that while the
+time / n cores, is the loss L assumes. A loss well above the share means that while the
 decoder holds one core, the model's threads on the other cores wait for it.
 """
 
@@ -37,15 +37,17 @@ PHOTOS = 20  # 12 MP JPEGs the decoder cycles through
 
 
 def decoder(pattern: str, rate: float) -> None:
-    """The decoder process: decode_image over the photos at `rate` per second, until killed."""
+    """The decoder process: decode_image over the photos at `rate` per second, until killed or orphaned."""
     from vgg.preprocess import decode_image
+
+    parent = os.getppid()
 
     blobs = []
     for path in sorted(glob.glob(pattern)):
         with open(path, "rb") as handle:
             blobs.append(handle.read())
     start, done = time.perf_counter(), 0
-    while True:
+    while os.getppid() == parent:  # a model process killed on its timeout leaves no decoder behind
         wait = start + done / rate - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
@@ -119,6 +121,7 @@ def table(result: dict, markdown: bool = False) -> str:
     head = ("model run as", "streams × images", "alone img/s", "with the decoder img/s", "loss",
             "decoder's share", "loss / share")  # fmt: skip
     share = result["decoder_share"]
+    untrained = ", UNTRAINED (synthesized): rates do not depend on their values"
     body = []
     for mode, entry in result["modes"].items():
         loss = 1 - entry["with_decoder"] / entry["alone"]
@@ -133,6 +136,7 @@ def table(result: dict, markdown: bool = False) -> str:
         f"decoder: {result['decode_ms']:.1f} ms per 12 MP photo on one core, run at {result['rate']:.2f} "
         "photos/s (the one-call model's rate alone); its share: rate × decode time / "
         f"{result['cores']} cores",
+        f"weights: {result['weights']['file']}{untrained if result['weights']['untrained'] else ''}",
     ]
     return "\n".join(lines)
 

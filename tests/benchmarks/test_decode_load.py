@@ -16,6 +16,7 @@ from tests.conftest import REPO
 def result(machine: dict) -> dict:
     return {
         "machine": machine,
+        "weights": {"file": "w.npz", "untrained": True},
         "cores": 2,
         "decode_ms": 10.0,
         "rate": 15.0,
@@ -35,6 +36,7 @@ def test_the_table_gives_each_modes_loss_against_the_decoders_share(machine, mac
     assert rows["one"][2:] == ["1", "×", "16", "15.00", "12.75", "0.150", "0.075", "2.00"]
     assert rows["free"][2:] == ["2", "×", "8", "15.00", "13.88", "0.075", "0.075", "1.00"]
     assert "10.0 ms per 12 MP photo" in text and "15.00 photos/s" in text
+    assert text.endswith("\nweights: w.npz, UNTRAINED (synthesized): rates do not depend on their values")
     assert "| one call | 1 × 16 | 15.00 | 12.75 | 0.150 | 0.075 | 2.00 |" in decode_load.table(
         result(machine), markdown=True
     )
