@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
-    weighted = {"near_duplicates", "shards", "host_path", "memory_budget", "decode_load", "watch"}
-    needs_weights = weighted & set(steps)
+    needs_weights = [step for step in steps if "{out}/" + WEIGHTS in STEPS[step][0]]
     if needs_weights and not os.path.exists(os.path.join(args.out, WEIGHTS)):
         os.makedirs(args.out, exist_ok=True)
         subprocess.run(
