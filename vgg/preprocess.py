@@ -36,6 +36,13 @@ What ``decode_image`` does, in order:
 
 Colour profiles (ICC) are ignored, as in the seed. A bad input raises
 ``ImageError``, whose ``error_type`` is a key of ``ERROR_TYPES``.
+
+Importing this module lets Pillow keep ``KEPT_IMAGE_BLOCKS`` freed image buffers for
+the next image (Pillow keeps none by default, ``PILLOW_BLOCKS_MAX``): one decode makes
+three images (decoded, resized once per axis), and without the cache each is fresh
+memory that the kernel maps and zeroes page by page. The pixels are the same either
+way; the decoder's rate with and without is in docs/benchmarks.md ("Host path"). A
+``PILLOW_BLOCKS_MAX`` set in the environment is left as it is.
 """
 
 import dataclasses
@@ -73,6 +80,11 @@ ERROR_TYPES: dict[str, str] = {
     "too_large": "width x height is over max_pixels (possible decompression bomb)",
     "corrupt": "the image data is damaged (bad header, checksum or compressed data)",
 }
+
+# Freed image buffers Pillow keeps for reuse in every process that imports this module:
+# enough for one decode's images, each at most one block (PILLOW_BLOCK_SIZE, 16 MiB by
+# default), so at most that many blocks stay held between images.
+KEPT_IMAGE_BLOCKS = 4
 
 _CROP_SHORT_SIDE = 256
 _EXIF_ORIENTATION = 0x0112
@@ -128,6 +140,14 @@ _PLUGINS = {
     "TIFF": TiffImagePlugin.TiffImageFile,
     "BMP": BmpImagePlugin.BmpImageFile,
 }
+
+
+def _keep_image_blocks() -> None:
+    if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < KEPT_IMAGE_BLOCKS:
+        Image.core.set_blocks_max(KEPT_IMAGE_BLOCKS)
+
+
+_keep_image_blocks()
 
 
 class ImageError(ClassifiedError, ValueError):

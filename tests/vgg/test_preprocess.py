@@ -90,6 +90,47 @@ def test_module_imports_only_pillow_numpy_and_stdlib():
     }
 
 
+def _blocks_max_in_fresh_interpreter(setting: str | None) -> int:
+    """Pillow's kept blocks after importing the decoder, with PILLOW_BLOCKS_MAX set to setting (or unset)."""
+    env = {key: value for key, value in os.environ.items() if key != "PILLOW_BLOCKS_MAX"}
+    if setting is not None:
+        env["PILLOW_BLOCKS_MAX"] = setting
+    code = "import vgg.preprocess; from PIL import Image; print(Image.core.get_blocks_max())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return int(done.stdout)
+
+
+def test_importing_the_decoder_lets_pillow_keep_a_decodes_image_blocks():
+    # One decode makes three images (decoded, then resized once per axis).
+    assert _blocks_max_in_fresh_interpreter(None) == preprocess.KEPT_IMAGE_BLOCKS >= 3
+
+
+@pytest.mark.parametrize("setting", ["0", "16"])
+def test_pillow_blocks_max_in_the_environment_is_left_as_it_is(setting):
+    assert _blocks_max_in_fresh_interpreter(setting) == int(setting)
+
+
+def test_kept_blocks_change_no_pixel(sample_bytes):
+    # A reused block holds the previous image's pixels: every output must be what a decode
+    # into fresh memory gives, whichever image came before it.
+    order = sorted(sample_bytes) + sorted(sample_bytes, reverse=True)
+
+    def decode_all(blocks_max: int) -> list[np.ndarray]:
+        Image.core.set_blocks_max(blocks_max)
+        return [decode_image(sample_bytes[name]).pixels for name in order]
+
+    before = Image.core.get_blocks_max()
+    try:
+        reused = Image.core.get_stats()["reused_blocks"]
+        kept = decode_all(preprocess.KEPT_IMAGE_BLOCKS)
+        assert Image.core.get_stats()["reused_blocks"] > reused
+        fresh = decode_all(0)
+    finally:
+        Image.core.set_blocks_max(before)
+    for got, expected in zip(kept, fresh):
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_image_error_is_value_error_with_type():
     err = ImageError("corrupt", "bad bytes")
     assert isinstance(err, ValueError)
