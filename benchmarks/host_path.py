@@ -12,11 +12,11 @@ and 12 MP JPEGs: one worker process pinned to one core, and two worker processes
 (start-up removed, as benchmarks.bench does): the photos, and the same photos hard-linked
 --repeat times under other names (other inputs to the job, read and decoded in full), so
 that the difference is many seconds of work against a start-up that varies by about a
-second, with two processes too; h = images/s per core given. d is the
-decoder's own rate on one pinned core (benchmarks.bench.bench_decode); the target is
-h >= 0.8 d. The per-image breakdown measures read, decode, pipe transfer, postprocess and
-write directly on the same photos; "batching/Beam overhead" is the residual: the job's
-cost per image on one core minus the others.
+second, with two processes too; h = images/s per core given. d is the decoder's own rate
+on one pinned core (benchmarks.bench.bench_decode) over the small run's photos, those the
+job decodes; the target is h >= 0.8 d. The per-image breakdown measures read, decode, pipe
+transfer, postprocess and write directly on the same photos; "batching/Beam overhead" is
+the residual: the job's cost per image on one core minus the others.
 
 With --baseline REF the same measurement runs at git revision REF (a temporary worktree,
 this python) and is stored beside the current figures as "before".

@@ -142,7 +142,8 @@ def breakdown(pattern: str, count: int, passes: int = 3) -> dict:
     read: the bytes as the job's reader gets them (pipeline.storage.read_bytes); decode: the
     decoder in this process; pipe transfer: the sandboxed decoder's round trip minus that;
     postprocess: the job's FormatPredictions on the stand-in's outputs; write: those rows to
-    Parquet with the job's schema and writer settings. Also d: bench.bench_decode's rate.
+    Parquet with the job's schema and writer settings. Also d: bench.bench_decode's rate over
+    every photo the pattern matches (the small run's photos, each of which the job decodes).
     """
     from apache_beam.ml.inference.base import PredictionResult
 
@@ -187,7 +188,7 @@ def breakdown(pattern: str, count: int, passes: int = 3) -> dict:
             write_rows(rows, schema, target)
             best = min(best, time.perf_counter() - start)
     figures["write"] = best / len(rows) * 1e6
-    figures["d_per_core"] = bench_decode(paths[:40], passes)
+    figures["d_per_core"] = bench_decode(sorted(glob.glob(pattern)), passes)
     return figures
 
 
