@@ -41,7 +41,7 @@ Importing this module lets Pillow keep ``KEPT_IMAGE_BLOCKS`` freed image buffers
 the next image (Pillow keeps none by default, ``PILLOW_BLOCKS_MAX``): one decode makes
 three images (decoded, resized once per axis), and without the cache each is fresh
 memory that the kernel maps and zeroes page by page. The pixels are the same either
-way; the decoder's rate with and without is in docs/benchmarks.md ("Host path"). A
+way; the decoder's rate with and without is in docs/benchmarks.md ("Decode cost"). A
 ``PILLOW_BLOCKS_MAX`` set in the environment is left as it is.
 """
 
