@@ -81,9 +81,9 @@ ERROR_TYPES: dict[str, str] = {
     "corrupt": "the image data is damaged (bad header, checksum or compressed data)",
 }
 
-# Freed image buffers Pillow keeps for reuse in every process that imports this module:
-# enough for one decode's images, each at most one block (PILLOW_BLOCK_SIZE, 16 MiB by
-# default), so at most that many blocks stay held between images.
+# Freed image blocks Pillow keeps for reuse in every process that imports this module:
+# one decode's three images, and one more. A block is at most PILLOW_BLOCK_SIZE (16 MiB by
+# default; a large image spans several), so at most 4 such blocks stay held between images.
 KEPT_IMAGE_BLOCKS = 4
 
 _CROP_SHORT_SIDE = 256
