@@ -227,9 +227,7 @@ def test_refuses_an_index_built_from_other_weights(run, tmp_path):
     vectors = np.ones((2, 4096), np.float32)
     build_index(ArrayEmbeddings(vectors, ["a", "b"], ["a", "b"]), str(tmp_path / "i"), provenance=PROVENANCE)
     with pytest.raises(ValueError, match="pass the index built from them"):
-        report_module.write_report(
-            str(run[0]), str(tmp_path / "r.html"), index=str(tmp_path / "i")
-        )
+        report_module.write_report(str(run[0]), str(tmp_path / "r.html"), index=str(tmp_path / "i"))
 
 
 # ------------------------------------------------------------------ thumbnails, without a browser
