@@ -155,7 +155,8 @@ def breakdown(pattern: str, count: int, passes: int = 3) -> dict:
     from vgg.preprocess import decode_image
     from vgg.sandbox import IsolatedDecoder
 
-    paths = sorted(glob.glob(pattern))[:count]
+    photos = sorted(glob.glob(pattern))
+    paths = photos[:count]
     args, _ = options.parse_args(["--input", pattern, "--output", "unused", "--weights", "unused"])
     figures = {"images": len(paths)}
     figures["read"] = _best_us(read_bytes, paths, passes)
@@ -188,7 +189,7 @@ def breakdown(pattern: str, count: int, passes: int = 3) -> dict:
             write_rows(rows, schema, target)
             best = min(best, time.perf_counter() - start)
     figures["write"] = best / len(rows) * 1e6
-    figures["d_per_core"] = bench_decode(sorted(glob.glob(pattern)), passes)
+    figures["d_per_core"] = bench_decode(photos, passes)
     return figures
 
 
