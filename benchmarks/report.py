@@ -43,9 +43,10 @@ def limit(a: float, n: int, d: float) -> float:
 def derive(result: dict) -> dict:
     """The figures computed from the measured ones: L, ratios per size, and each target's verdict."""
     cores = result["machine"]["cores"]
-    a = result["model"]["float32"]["best"]
     sizes = {}
     for name, entry in result["sizes"].items():
+        bare = _bare(result, name)
+        a = bare["float32"]["best"]
         d = entry["decode_images_per_s_per_core"]
         rate = {job: entry[job]["steady_images_per_s"] for job in JOBS if job in entry}
         row = {"L": limit(a, cores, d), "ours/a": rate["ours"] / a}
@@ -53,7 +54,7 @@ def derive(result: dict) -> dict:
         for peer in ("tuned_peer", "stock_peer"):
             row[f"ours/{peer}"] = rate["ours"] / rate[peer]
         if "ours_bfloat16" in rate:
-            row["L_bfloat16"] = limit(result["model"]["bfloat16"]["best"], cores, d)
+            row["L_bfloat16"] = limit(bare["bfloat16"]["best"], cores, d)
             row["ours_bfloat16/L_bfloat16"] = rate["ours_bfloat16"] / row["L_bfloat16"]
             row["ours_bfloat16/a"] = rate["ours_bfloat16"] / a
         sizes[name] = row
@@ -70,6 +71,12 @@ def derive(result: dict) -> dict:
             _verdict(what, peak, peak <= MEMORY_TARGET_GB, (peak - MEMORY_TARGET_GB) / MEMORY_TARGET_GB)
         )
     return {"sizes": sizes, "targets": verdicts}
+
+
+def _bare(result: dict, size: str) -> dict:
+    """The bare model that bounds a size's jobs: measured in that size's rounds (results before
+    2026-12-03 measured it in the first size's rounds only, for every size)."""
+    return result["sizes"][size].get("model", result["model"])
 
 
 def _verdict(what: str, value: float, met: bool, short: float) -> dict:
@@ -102,16 +109,15 @@ def _weights_line(result: dict) -> str:
     what = f"synthesized, UNTRAINED ({w['made_with']})" if w["made_with"] else w["file"]
     return (
         f"weights: {what}, sha256 {w['sha256'][:12]}…; batch size {result['batch_size']} (ours and the "
-        f"tuned peer); {_rounds(result['rounds'])}"
+        f"tuned peer); {_rounds(result['rounds'], all('model' in e for e in result['sizes'].values()))}"
     )
 
 
-def _rounds(n: int) -> str:
+def _rounds(n: int, per_size: bool = False) -> str:
     if n == 1:
         return "1 round"
-    return (
-        f"{n} interleaved rounds (the bare model once in each), fastest wall per size and rate per batch size"
-    )
+    bare = "the bare model once in each round of each size" if per_size else "the bare model once in each"
+    return f"{n} interleaved rounds ({bare}), fastest wall per size and rate per batch size"
 
 
 def _rates(result: dict) -> list[tuple[str, ...]]:
@@ -120,6 +126,9 @@ def _rates(result: dict) -> list[tuple[str, ...]]:
         row = result["derived"]["sizes"][name]
         n = result["machine"]["cores"]
         rows.append((name, "(d) decode, 1 core", f"{entry['decode_images_per_s_per_core']:.1f}", "", ""))
+        if "model" in entry:
+            best = entry["model"]["float32"]["best"]
+            rows.append((name, "(a) bare model float32, best", f"{best:.2f}", "", ""))
         rows.append((name, f"L, float32 on {n} cores", f"{row['L']:.2f}", "", ""))
         for job, label in JOBS.items():
             if job in entry:
